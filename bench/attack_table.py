@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from fedshield.config import compose_config
-from fedshield.results import write_csv
+from fedshield.files import write_csv
 from fedshield.run import run
 
 ROWS = [

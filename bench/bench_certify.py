@@ -65,10 +65,7 @@ def main() -> None:
     print(f"{NUM_INPUTS} inputs, {NUM_VOTES} votes each, {NUM_LABELS} labels, alpha={ALPHA}")
     print("goal: under 1 s")
     (_, levels_d), cold, warm = timed(lambda: flcert_d(counts))
-    print(
-        f"flcert_d                     cold {cold:.4f} s  warm {warm:.4f} s  "
-        f"max level {levels_d.max()}"
-    )
+    print(f"flcert_d                     cold {cold:.4f} s  warm {warm:.4f} s  max level {levels_d.max()}")
     for n, k in ((1000, 10), (10_000, 5), (2000, 500)):
         print(f"-- n={n} clients, k={k} per group, C(n, k) has {len(str(math.comb(n, k)))} digits")
         for bounds in ("paper", "simultaneous"):

@@ -43,11 +43,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fedshield.client.train import predict_logits
-from fedshield.config import compose_config
-from fedshield.engine.local import LocalEngine, train_one_job
-from fedshield.experiment import build_experiment, configure_torch, experiment_from_yaml
+from fedshield.config import build_experiment, compose_config, experiment_from_yaml
+from fedshield.engines.local import LocalEngine, train_one_job
 from fedshield.server.rounds import sample_clients
+from fedshield.task.determinism import configure_torch
+from fedshield.task.training import predict_logits
 
 MNIST_ROOT = "/work/shared/data/mnist"
 GOAL = 1.3
@@ -142,7 +142,7 @@ def bare_train(experiment, jobs, *, workers: int, evaluate: bool) -> None:
 
 def engine_train(experiment, jobs, *, workers: int) -> None:
     finished = []
-    LocalEngine(workers=workers).train(experiment, list(jobs), on_job_done=lambda job_id, *_: finished.append(job_id))
+    LocalEngine(workers=workers).train(experiment, list(jobs), on_job_done=lambda job: finished.append(job.job_id))
     assert len(finished) == len(jobs)
 
 

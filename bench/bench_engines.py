@@ -31,11 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from fedshield.config import compose_config
-from fedshield.engine.local import LocalEngine
-from fedshield.experiment import build_experiment, configure_torch
-from fedshield.server.flower_engine import FlowerEngine
+from fedshield.config import build_experiment, compose_config
+from fedshield.engines.flower.simulation import FlowerEngine
+from fedshield.engines.local import LocalEngine
 from fedshield.server.rounds import sample_clients
+from fedshield.task.determinism import configure_torch
 
 MNIST_ROOT = "/work/shared/data/mnist"
 OUTPUT_DIR = "/tmp/fedshield-bench"
@@ -76,7 +76,7 @@ def workload(experiment) -> tuple[int, int]:
 def timed_train(engine, experiment) -> float:
     finished: list[int] = []
     start = time.perf_counter()
-    engine.train(experiment, list(experiment.jobs), on_job_done=lambda job_id, *_: finished.append(job_id))
+    engine.train(experiment, list(experiment.jobs), on_job_done=lambda job: finished.append(job.job_id))
     elapsed = time.perf_counter() - start
     if sorted(finished) != [job.job_id for job in experiment.jobs]:
         raise RuntimeError(f"{type(engine).__name__} finished {len(finished)} of {len(experiment.jobs)} groups")

@@ -25,7 +25,7 @@ Rows, for each attack:
   triggers on the global model and trains them towards its target);
 - ``FLIP w/o adv. training``: ``defense.adversarial_training=false`` (invert, no hardening;
   only the threshold acts);
-- ``FLIP w/o threshold``: ``defense.threshold=0``. The threshold acts only at inference, so
+- ``FLIP w/o threshold``: ``defense.tau=0``. The threshold acts only at inference, so
   training is bit for bit that of ``FedAvg + FLIP`` and this row is that run's unrejected
   metrics (``raw_*``); ``--rerun-threshold-ablation`` trains it again instead (``--quick``
   always does, and checks that the two agree).
@@ -66,7 +66,7 @@ ROWS = [
     ("Krum", ["defense=none", "strategy=krum", "strategy.num_malicious=3"]),
     ("FLIP vs adaptive", ["attack=adaptive_flip"]),
     ("FLIP w/o adv. training", ["defense.adversarial_training=false"]),
-    ("FLIP w/o threshold", ["defense.threshold=0"]),
+    ("FLIP w/o threshold", ["defense.tau=0"]),
 ]
 DERIVED = "FLIP w/o threshold"
 QUICK = [
@@ -155,7 +155,7 @@ def without_threshold(flip: dict) -> dict:
         "rejected_clean": 0,
         "rejected_triggered": 0,
         "wall_time_seconds": 0.0,
-        "overrides": flip["overrides"] + " defense.threshold=0 (derived: raw_* of FedAvg + FLIP)",
+        "overrides": flip["overrides"] + " defense.tau=0 (derived: raw_* of FedAvg + FLIP)",
     }
 
 
@@ -191,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke scale (about 3 minutes)")
     parser.add_argument("--jobs", type=int, default=2, help="rows trained at once (processes)")
     parser.add_argument("--output", type=Path, default=REPO / "outputs" / "flip_table")
-    parser.add_argument("--rerun-threshold-ablation", action="store_true",
-                        help="train the tau = 0 row instead of reading FedAvg + FLIP's raw metrics")
+    parser.add_argument(
+        "--rerun-threshold-ablation",
+        action="store_true",
+        help="train the tau = 0 row instead of reading FedAvg + FLIP's raw metrics",
+    )
     parser.add_argument("--only", help="run only the rows whose 'attack name' contains this text")
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -205,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         for future in as_completed(futures):
             result = future.result()
             results.append(result)
-            print(f"[{time.perf_counter() - started:6.0f} s] {result['attack']:>11} | {result['row']:<24} "
-                  f"acc {percent(result['accuracy'])} ASR {percent(result['attack_success_rate'])}", flush=True)
+            print(
+                f"[{time.perf_counter() - started:6.0f} s] {result['attack']:>11} | {result['row']:<24} "
+                f"acc {percent(result['accuracy'])} ASR {percent(result['attack_success_rate'])}",
+                flush=True,
+            )
     names = {(r["attack"], r["row"]) for r in results}
     for attack in ATTACKS:
         flip = next((r for r in results if (r["attack"], r["row"]) == (attack, "FedAvg + FLIP")), None)

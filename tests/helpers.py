@@ -1,11 +1,23 @@
-"""Small configs for tests that run real federated training."""
+"""Small configs for tests that run real federated training, and test-only hooks: a garbage-sending
+attacker, a model builder and a Hydra callback that record which process did the work, and an
+engine on which the malicious clients' replies never arrive."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 import torch
+from hydra.experimental.callback import Callback
 
 from fedshield.attacks.base import Attack
 from fedshield.config import compose_config
+from fedshield.engines import FinishedJob
+from fedshield.engines.local import InProcessTransport
+from fedshield.models import LogisticRegression
+from fedshield.server.protocol import run_jobs
 
 TINY = [
     "dataset=mnist5k",
@@ -46,3 +58,80 @@ class MalformedReplyAttack(Attack):
         if kind == "wrong_shape":
             return update[:-3]
         return torch.ones_like(update, dtype=torch.int64)
+
+
+# ------------------------------------------------------------------ which process did the work
+
+# Directory where pid_recording_logistic writes one line per model it builds (unset: no record).
+PROCESS_LOG_ENV = "FEDSHIELD_TEST_PROCESS_LOG"
+
+
+def pid_recording_logistic(*, input_shape, num_classes):
+    """``model=logistic`` that records which process built it (``model._target_=helpers.pid_recording_logistic``).
+
+    Every process that trains or evaluates a job builds models, so the records show whether
+    the jobs ran in this process or in worker processes. The model itself is unchanged.
+    """
+    log_dir = os.environ.get(PROCESS_LOG_ENV)
+    if log_dir:
+        with open(Path(log_dir) / f"{os.getpid()}.txt", "a") as handle:
+            handle.write(f"{os.getppid()}\n")
+    return LogisticRegression(input_shape=input_shape, num_classes=num_classes)
+
+
+def model_builders(log_dir) -> dict[int, int]:
+    """{pid: parent pid} of every process that built a model while ``log_dir`` was recording."""
+    return {int(path.stem): int(path.read_text().split()[0]) for path in Path(log_dir).glob("*.txt")}
+
+
+class RecordJobProcess(Callback):
+    """Hydra callback (``+hydra.callbacks.x._target_=helpers.RecordJobProcess``): each job writes
+    its process id, parent process id and wall-clock interval to ``job_process.json`` in its run
+    folder; the launching process writes its own id to ``launcher.json`` in the sweep folder."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "launcher.json").write_text(json.dumps({"pid": os.getpid()}))
+
+    def on_job_start(self, config, **kwargs) -> None:
+        self.started = time.time()
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        record = {"pid": os.getpid(), "ppid": os.getppid(), "start": self.started, "end": time.time()}
+        (Path(str(config.hydra.runtime.output_dir)) / "job_process.json").write_text(json.dumps(record))
+
+
+# ---------------------------------------------------------------------- clients whose reply is absent
+
+
+class AbsentRepliesTransport:
+    """In-process transport on which the clients ``user_ids`` never reply (their reply is missing)."""
+
+    def __init__(self, experiment, *, user_ids) -> None:
+        self.transport, self.user_ids = InProcessTransport(experiment), frozenset(user_ids)
+
+    def _drop(self, requests):
+        kept = [r for r in requests if r.user_id not in self.user_ids]
+        missing = {r.key: None for r in requests if r.user_id in self.user_ids}
+        return kept, missing
+
+    def train(self, requests):
+        kept, missing = self._drop(requests)
+        return {**missing, **self.transport.train(kept)}
+
+    def craft(self, requests):
+        kept, missing = self._drop(requests)
+        return {**missing, **self.transport.craft(kept)}
+
+
+class MaliciousAbsentEngine:
+    """``engine=local`` (one process) where the malicious clients never answer: the replay of a run
+    as it would be had their replies simply not arrived. Pass it as ``run(cfg, engine=...)``."""
+
+    name = "local-malicious-absent"
+
+    def train(self, experiment, jobs, *, on_job_done, on_progress=None) -> None:
+        transport = AbsentRepliesTransport(experiment, user_ids=experiment.malicious_ids)
+        for state in run_jobs(experiment, list(jobs), transport, on_round=on_progress):
+            on_job_done(FinishedJob(state.job.job_id, state.params, state.history))

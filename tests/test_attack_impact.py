@@ -2,11 +2,13 @@
 malformed replies are dropped and logged by every rule, through the real client path."""
 
 import json
+import logging
 
 import pytest
+import torch
 
 from fedshield.run import run
-from helpers import tiny_config
+from helpers import MaliciousAbsentEngine, job_params, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -74,21 +76,39 @@ def test_scaled_backdoor_beats_fedavg(tmp_path, shared_mnist_root):
     "rule", ["fedavg", "krum", "multi_krum", "trimmed_mean", "median", "bulyan", "rfa", "fltrust", "foolsgold"]
 )
 def test_malformed_replies_are_dropped_by_every_rule(tmp_path, rule, caplog):
-    summary = run(
-        tiny_config(
-            tmp_path,
-            f"strategy={rule}",
-            "num_clients=8",
-            "sample_fraction=1.0",
-            "num_rounds=5",
-            "engine=local",
-            "engine.workers=1",
-            "attack._target_=helpers.MalformedReplyAttack",
-            "attack.num_malicious=1",
-        )
-    )
-    rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
-    assert [r["rejected"] for r in rounds] == [1, 1, 1, 1, 1]  # one garbage reply per round, each dropped
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rounds)
+    # Prepare: one malicious client of 8, sampled every round, sends garbage (NaN, inf, huge,
+    # wrong shape, integers); the replay is the same run where that client's reply never arrives.
+    overrides = [
+        f"strategy={rule}",
+        "num_clients=8",
+        "sample_fraction=1.0",
+        "num_rounds=5",
+        "engine=local",
+        "engine.workers=1",
+        "attack._target_=helpers.MalformedReplyAttack",
+        "attack.num_malicious=1",
+    ]
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedshield.rules.screening"):
+        summary = run(tiny_config(tmp_path, *overrides, name="garbage"))
+    run(tiny_config(tmp_path, *overrides, name="absent"), engine=MaliciousAbsentEngine())
+
+    # Assert: each round's garbage reply was dropped, and only that reply ...
+    garbage = json.loads((tmp_path / "garbage" / "metrics.json").read_text())["rounds"]
+    absent = json.loads((tmp_path / "absent" / "metrics.json").read_text())["rounds"]
+    assert [(r["replies"], r["rejected"], r["missing"]) for r in garbage] == [(8, 1, 0)] * 5
+    assert [(r["replies"], r["rejected"], r["missing"]) for r in absent] == [(7, 0, 1)] * 5
     assert summary["rejected_replies"] == 5
-    assert "dropped" in caplog.text or "reject" in caplog.text.lower()
+    # ... so the global model is, bit for bit, the one aggregated without it.
+    params = job_params(tmp_path / "garbage")
+    assert bool(torch.isfinite(params).all())
+    assert torch.equal(params, job_params(tmp_path / "absent"))
+    assert [(r["accuracy"], r["test_loss"]) for r in garbage] == [(r["accuracy"], r["test_loss"]) for r in absent]
+    # The log names the dropped client (the one missing from the replay) in every round, with the reason.
+    (malicious,) = set(garbage[0]["participants"]) - set(absent[0]["participants"])
+    dropped = [m for m in caplog.messages if m.startswith(f"screening: dropped the reply of client {malicious}: ")]
+    reasons = ["NaN or inf", "NaN or inf", "L2 norm", "shape", "non-floating dtype"]  # MalformedReplyAttack.KINDS
+    assert len(dropped) == len(reasons), caplog.messages
+    assert all(reason in message for reason, message in zip(reasons, dropped, strict=True)), dropped
+    assert not any("dropped the reply" in m and str(malicious) not in m for m in caplog.messages)

@@ -19,12 +19,13 @@ from fedshield.attacks import (
     NoAttack,
     counter_hardening_batch,
 )
-from fedshield.client.flip import FlipDefense
-from fedshield.client.trigger_inversion import InvertedTrigger, mask_mass_within
 from fedshield.config import compose_config
 from fedshield.data import load_dataset
+from fedshield.flip import FlipConfig, FlipHardening
+from fedshield.flip.hardening import hardening_transform
+from fedshield.flip.inversion import InvertedTrigger, mask_mass_within
 from fedshield.models import LogisticRegression
-from fedshield.seeding import torch_generator
+from fedshield.task.determinism import torch_generator
 
 TARGET = 2
 
@@ -125,33 +126,53 @@ def test_counter_hardening_appends_target_labelled_copies_of_eligible_samples():
     # Each copy is an untouched non-target sample outside the trigger region.
     outside = torch.ones(8, 8, dtype=torch.bool)
     outside[-2:, -2:] = False
-    sources = [
-        next(i for i in range(10) if torch.equal(x[i, :, outside], copy_[:, outside]))
-        for copy_ in stamped
-    ]
+    sources = [next(i for i in range(10) if torch.equal(x[i, :, outside], copy_[:, outside])) for copy_ in stamped]
     assert len(set(sources)) == 5 and all(int(y[i]) != TARGET for i in sources)
 
 
 def test_counter_hardening_respects_pair_sources_and_caps_the_count():
     x, y = torch.zeros(6, 1, 8, 8), torch.tensor([2, 2, 5, 5, 7, 7])
     out_x, out_y = counter_hardening_batch(
-        x, y, triggers=[square_trigger(TARGET, (5,))], target_label=TARGET,
-        num_stamped=10, generator=torch_generator(0),
+        x,
+        y,
+        triggers=[square_trigger(TARGET, (5,))],
+        target_label=TARGET,
+        num_stamped=10,
+        generator=torch_generator(0),
     )
     assert len(out_y) == 8  # only the two samples of label 5 may carry a 5 -> 2 trigger
     unchanged, _ = counter_hardening_batch(
-        x, y, triggers=[square_trigger(TARGET, (4,))], target_label=TARGET,
-        num_stamped=3, generator=torch_generator(0),
+        x,
+        y,
+        triggers=[square_trigger(TARGET, (4,))],
+        target_label=TARGET,
+        num_stamped=3,
+        generator=torch_generator(0),
     )
     assert unchanged is x
     with pytest.raises(AttackError, match="at least one trigger"):
-        counter_hardening_batch(x, y, triggers=[], target_label=TARGET, num_stamped=1,
-                                generator=torch_generator(0))
+        counter_hardening_batch(x, y, triggers=[], target_label=TARGET, num_stamped=1, generator=torch_generator(0))
+
+
+def test_counter_hardening_is_flips_hardening_batch_with_the_target_label():
+    # The attacker predicts FLIP's batch exactly: same copies, same triggers, other label.
+    triggers = [square_trigger(TARGET, (0, 1, 3, 4)), square_trigger(TARGET, (5,))]
+    x = torch.rand(12, 1, 8, 8, generator=torch_generator(0))
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 5, 2, 1, 0, 6, 5])
+    hard_x, hard_y = hardening_transform(triggers, stamped_share=0.5)(x, y, torch_generator(3))
+    counter_x, counter_y = counter_hardening_batch(
+        x, y, triggers=triggers, target_label=TARGET, num_stamped=6, generator=torch_generator(3)
+    )
+    assert len(counter_y) == len(hard_y) == 18
+    assert torch.equal(counter_x, hard_x)
+    assert torch.equal(counter_y[:12], y) and bool((counter_y[12:] == TARGET).all())
+    assert not bool((hard_y[12:] == TARGET).any())
 
 
 # ------------------------------------------------------------- the attack on a real backdoor
 
 
+@pytest.mark.slow
 def test_prepare_inverts_the_backdoor_and_counters_hardening(backdoored):
     # Prepare
     model, x, y = backdoored
@@ -174,6 +195,7 @@ def test_prepare_inverts_the_backdoor_and_counters_hardening(backdoored):
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
+@pytest.mark.slow
 def test_prepare_falls_back_to_the_plain_backdoor(backdoored):
     model, x, y = backdoored
     plain = adaptive(counter_share=0.0).prepare(model, x, y, server_round=1, generator=torch_generator(0))
@@ -195,11 +217,20 @@ def test_settings_are_checked_and_follow_the_flip_config():
     with pytest.raises(AttackError, match="max_mask_fraction"):
         adaptive(max_mask_fraction=0.0)
     with pytest.raises(AttackError, match="image"):
-        adaptive().invert(LogisticRegression(input_shape=(4,), num_classes=10), torch.zeros(3, 4),
-                          torch.tensor([0, 1, 3]), generator=torch_generator(0))
+        adaptive().invert(
+            LogisticRegression(input_shape=(4,), num_classes=10),
+            torch.zeros(3, 4),
+            torch.tensor([0, 1, 3]),
+            generator=torch_generator(0),
+        )
     cfg = compose_config(
-        ["attack=adaptive_flip", "attack.num_malicious=1", "defense=flip", "defense.inversion_steps=7",
-         "defense.max_mask_fraction=0.2"]
+        [
+            "attack=adaptive_flip",
+            "attack.num_malicious=1",
+            "defense=flip",
+            "defense.inversion_steps=7",
+            "defense.max_mask_fraction=0.2",
+        ]
     )
     attack = instantiate(cfg.attack, _convert_="all")
     assert attack.inversion.steps == 7 and attack.max_mask_fraction == pytest.approx(0.2)
@@ -210,9 +241,10 @@ def test_settings_are_checked_and_follow_the_flip_config():
 # ---------------------------------------------------------------------- FLIP's start_round
 
 
+@pytest.mark.slow
 def test_flip_does_nothing_before_its_start_round(backdoored):
     model, x, y = backdoored
-    flip = FlipDefense(num_classes=10, inversion_steps=5, start_round=3)
+    flip = FlipHardening(FlipConfig(num_classes=10, inversion_steps=5, start_round=3))
     generator = torch_generator(0)
     state = {"other.key": np.arange(2)}
     transform, new_state = flip.prepare(model, x, y, server_round=2, state=state, generator=generator)
@@ -221,4 +253,4 @@ def test_flip_does_nothing_before_its_start_round(backdoored):
     _, started = flip.prepare(model, x, y, server_round=3, state=state, generator=generator)
     assert started["flip.participations"].tolist() == [1]
     with pytest.raises(ValueError, match="start_round"):
-        FlipDefense(num_classes=10, start_round=0)
+        FlipConfig(num_classes=10, start_round=0)

@@ -21,7 +21,7 @@ from fedshield.attacks import (
     as_schedule,
     choose_malicious,
 )
-from fedshield.seeding import derive_seed
+from fedshield.task.determinism import derive_seed
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
 
@@ -46,10 +46,8 @@ def test_choose_malicious_takes_the_smallest_derived_seeds_and_nests():
     user_ids = list(range(30))
     keys = sorted(user_ids, key=lambda uid: derive_seed("malicious", 4, uid))
     assert choose_malicious(user_ids, num_malicious=5, seed=4) == frozenset(keys[:5])
-    assert choose_malicious(user_ids, num_malicious=3, seed=4) <= choose_malicious(
-        user_ids, num_malicious=6, seed=4)
-    assert choose_malicious(user_ids, num_malicious=5, seed=5) != choose_malicious(
-        user_ids, num_malicious=5, seed=4)
+    assert choose_malicious(user_ids, num_malicious=3, seed=4) <= choose_malicious(user_ids, num_malicious=6, seed=4)
+    assert choose_malicious(user_ids, num_malicious=5, seed=5) != choose_malicious(user_ids, num_malicious=5, seed=4)
 
 
 @pytest.mark.parametrize("num_malicious", [-1, 4])
@@ -62,8 +60,7 @@ def test_choose_malicious_rejects_out_of_range_counts(num_malicious):
 
 
 def test_schedule_from_mapping_and_validation():
-    assert as_schedule({"start_round": 1, "end_round": None, "rounds": [7, 3, 3]}) == Schedule(
-        rounds=(3, 7))
+    assert as_schedule({"start_round": 1, "end_round": None, "rounds": [7, 3, 3]}) == Schedule(rounds=(3, 7))
     assert as_schedule(None) == Schedule()
     with pytest.raises(AttackError, match="end_round"):
         Schedule(start_round=5, end_round=4)
@@ -78,11 +75,19 @@ def test_schedule_from_mapping_and_validation():
 # -------------------------------------------------------------------------- Hydra configs
 
 EXPECTED_CLASSES = {
-    "none": "NoAttack", "krum": "KrumAttack", "trim": "TrimAttack",
-    "zero_update": "ZeroUpdateAttack", "lie": "LIEAttack", "ipm": "IPMAttack",
-    "min_max": "MinMaxAttack", "sign_flip": "SignFlipAttack", "gaussian": "GaussianAttack",
-    "label_flip": "LabelFlipAttack", "backdoor": "BackdoorAttack",
-    "backdoor_single_shot": "BackdoorAttack", "dba": "DistributedBackdoorAttack",
+    "none": "NoAttack",
+    "krum": "KrumAttack",
+    "trim": "TrimAttack",
+    "zero_update": "ZeroUpdateAttack",
+    "lie": "LIEAttack",
+    "ipm": "IPMAttack",
+    "min_max": "MinMaxAttack",
+    "sign_flip": "SignFlipAttack",
+    "gaussian": "GaussianAttack",
+    "label_flip": "LabelFlipAttack",
+    "backdoor": "BackdoorAttack",
+    "backdoor_single_shot": "BackdoorAttack",
+    "dba": "DistributedBackdoorAttack",
     "adaptive_flip": "AdaptiveFlipBackdoor",
 }
 

@@ -26,8 +26,8 @@ from fedshield.attacks import (
     min_max_gamma,
     min_max_perturbation,
 )
-from fedshield.seeding import torch_generator
-from fedshield.strategies import fedavg
+from fedshield.rules import fedavg
+from fedshield.task.determinism import torch_generator
 
 
 def random_updates(seed: int, rows: int = 8, dimension: int = 30, shift: float = 0.5):
@@ -38,13 +38,19 @@ def random_updates(seed: int, rows: int = 8, dimension: int = 30, shift: float =
 def context_for(updates, *, malicious_ids, own_id, seed=3):
     sampled_ids = tuple(range(len(updates)))
     return CraftContext(
-        server_round=1, own_id=own_id, malicious_ids=malicious_ids, sampled_ids=sampled_ids,
-        updates=updates, weights=torch.ones(len(updates)),
-        global_params=torch.zeros(updates.shape[1]), generator=torch_generator(seed),
+        server_round=1,
+        own_id=own_id,
+        malicious_ids=malicious_ids,
+        sampled_ids=sampled_ids,
+        updates=updates,
+        weights=torch.ones(len(updates)),
+        global_params=torch.zeros(updates.shape[1]),
+        generator=torch_generator(seed),
     )
 
 
 # ------------------------------------------------------------------------------------- LIE
+
 
 @pytest.mark.parametrize(("num_clients", "num_malicious"), [(50, 12), (50, 5), (10, 2), (3, 1)])
 def test_lie_z_is_the_normal_quantile_of_the_papers_formula(num_clients, num_malicious):
@@ -85,6 +91,7 @@ def test_lie_class_uses_round_counts():
 
 # ------------------------------------------------------------------------------------- IPM
 
+
 @pytest.mark.parametrize("epsilon", [0.1, 0.5, 4.0])
 def test_ipm_inner_product_with_benign_mean_is_negative(epsilon):
     benign = random_updates(1)
@@ -109,6 +116,7 @@ def test_ipm_class_rejects_non_positive_epsilon():
 
 
 # --------------------------------------------------------------------------------- Min-Max
+
 
 def closed_form_gamma(benign: torch.Tensor, direction: torch.Tensor) -> float:
     """max gamma with ||mean + gamma p - x_i|| <= max_jk ||x_j - x_k|| for all i (quadratics)."""
@@ -154,17 +162,18 @@ def test_min_max_unit_vector_points_against_the_mean():
 
 # ----------------------------------------------------------------------- sign flip, Gaussian
 
+
 def test_sign_flip_post_process_only_in_active_rounds():
     attack = SignFlipAttack(num_malicious=1, scale=3.0, schedule={"start_round": 2})
     update = torch.tensor([1.0, -2.0, 0.5])
     torch.testing.assert_close(attack.post_process(update, server_round=1, num_sampled=5), update)
-    torch.testing.assert_close(attack.post_process(update, server_round=2, num_sampled=5),
-                               torch.tensor([-3.0, 6.0, -1.5]))
+    torch.testing.assert_close(
+        attack.post_process(update, server_round=2, num_sampled=5), torch.tensor([-3.0, 6.0, -1.5])
+    )
 
 
 def test_gaussian_noise_has_the_requested_scale_and_independent_rows():
-    noise = gaussian_attack(num_malicious=3, num_params=20_000, sigma=5.0,
-                            generator=torch_generator(0))
+    noise = gaussian_attack(num_malicious=3, num_params=20_000, sigma=5.0, generator=torch_generator(0))
     assert noise.shape == (3, 20_000) and noise.dtype == torch.float32
     assert float(noise.std()) == pytest.approx(5.0, rel=0.02)
     assert abs(float(noise.mean())) < 0.1
@@ -173,9 +182,10 @@ def test_gaussian_noise_has_the_requested_scale_and_independent_rows():
 
 def test_gaussian_class_colluders_send_distinct_rows_of_one_shared_draw():
     updates = torch.zeros(6, 100)
-    rows = [GaussianAttack(num_malicious=2, sigma=1.0).craft(
-        context_for(updates, malicious_ids=(1, 3), own_id=uid)) for uid in (1, 3)]
-    shared = gaussian_attack(num_malicious=2, num_params=100, sigma=1.0,
-                             generator=torch_generator(3))
+    rows = [
+        GaussianAttack(num_malicious=2, sigma=1.0).craft(context_for(updates, malicious_ids=(1, 3), own_id=uid))
+        for uid in (1, 3)
+    ]
+    shared = gaussian_attack(num_malicious=2, num_params=100, sigma=1.0, generator=torch_generator(3))
     torch.testing.assert_close(torch.stack(rows), shared, rtol=0, atol=0)
     assert not torch.equal(rows[0], rows[1])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedshield.ensembles.crfl import clip_parameters, crfl_round, perturb_parameters, smoothed_copies
 from fedshield.run import run
-from fedshield.seeding import torch_generator
-from fedshield.server.crfl import clip_parameters, crfl_round, perturb_parameters, smoothed_copies
+from fedshield.task.determinism import torch_generator
 from helpers import tiny_config
 
 
@@ -43,6 +43,7 @@ def test_crfl_round_is_clip_then_noise_and_copies_differ():
     assert len(copies) == 3 and not torch.equal(copies[0], copies[1])
 
 
+@pytest.mark.slow
 def test_crfl_run_votes_over_noisy_copies_and_certifies_nothing_beyond_zero(tmp_path):
     summary = run(tiny_config(tmp_path, "engine=local", "ensemble=crfl", "ensemble.num_noisy_models=7", name="crfl"))
     predictions = np.load(tmp_path / "crfl" / "predictions.npy")
@@ -53,12 +54,14 @@ def test_crfl_run_votes_over_noisy_copies_and_certifies_nothing_beyond_zero(tmp_
     assert float(params.norm()) <= 15.0 + 0.01 * math.sqrt(params.numel()) * 5  # clipped, then noised
 
 
+@pytest.mark.slow
 def test_single_model_baseline_ca_is_accuracy_then_zero(tmp_path):
     summary = run(tiny_config(tmp_path, "engine=local", name="single"))
     assert summary["certified_accuracy"]["0"] == pytest.approx(summary["final_accuracy"])
     assert summary["certified_accuracy"]["1"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "ensemble, overrides",
     [

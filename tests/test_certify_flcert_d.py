@@ -30,9 +30,7 @@ def some_attack_flips(counts: np.ndarray, m: int) -> bool:
     Changing fewer votes is covered too: a vote may be "changed" to its own label.
     """
     y = majority(counts)
-    removals = [
-        np.array(r) for r in itertools.product(*(range(c + 1) for c in counts)) if sum(r) == m
-    ]
+    removals = [np.array(r) for r in itertools.product(*(range(c + 1) for c in counts)) if sum(r) == m]
     for removed in removals:
         for added in compositions(m, len(counts)):
             if majority(counts - removed + added) != y:

@@ -278,10 +278,7 @@ def test_exact_mode_with_single_client_groups_is_flcert_d():
     # k = 1: the n groups are the clients themselves, disjoint, so eq. 12 applies.
     rng = np.random.default_rng(3)
     counts = rng.multinomial(15, [0.6, 0.25, 0.15], size=200)
-    assert all(
-        np.array_equal(a, b)
-        for a, b in zip(flcert_p_exact(counts, n=15, k=1), flcert_d(counts), strict=True)
-    )
+    assert all(np.array_equal(a, b) for a, b in zip(flcert_p_exact(counts, n=15, k=1), flcert_d(counts), strict=True))
 
 
 def test_exact_mode_is_the_strict_paper_inequality_up_to_the_tie():

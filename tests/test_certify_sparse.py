@@ -29,9 +29,7 @@ def votes_with_fixed_total(rng, num_inputs, num_labels, num_votes, concentration
 
 
 small_counts = st.integers(min_value=2, max_value=6).flatmap(
-    lambda num_labels: hnp.arrays(
-        np.int64, (3, num_labels), elements=st.integers(min_value=0, max_value=6)
-    )
+    lambda num_labels: hnp.arrays(np.int64, (3, num_labels), elements=st.integers(min_value=0, max_value=6))
 )
 
 
@@ -68,9 +66,7 @@ def test_flcert_p_sparse_equals_dense_at_full_r_and_never_exceeds_it(mode):
     full = flcert_p(TopVotes.from_dense(counts, 8), n=500, k=5, alpha=0.01, **mode)
     assert np.array_equal(full[0], dense[0]) and np.array_equal(full[1], dense[1])
     for r in (1, 2, 4):
-        predictions, levels = flcert_p(
-            TopVotes.from_dense(counts, r), n=500, k=5, alpha=0.01, **mode
-        )
+        predictions, levels = flcert_p(TopVotes.from_dense(counts, r), n=500, k=5, alpha=0.01, **mode)
         assert np.all(levels <= dense[1])
         certified = levels >= 0
         assert np.array_equal(predictions[certified], dense[0][certified])

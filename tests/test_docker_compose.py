@@ -18,8 +18,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from fedshield.config import compose_config, split_overrides
-from fedshield.experiment import build_experiment
+from fedshield.config import build_experiment, compose_config, split_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

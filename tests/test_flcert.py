@@ -14,6 +14,9 @@ from fedshield.commands import recertify
 from fedshield.run import run
 from helpers import job_params, tiny_config
 
+# Every test here trains FLCert groups (run() or the CLI).
+pytestmark = pytest.mark.slow
+
 ENSEMBLE = ["ensemble=flcert_d", "ensemble.num_groups=3", "num_clients=12", "precision=float64"]
 
 
@@ -37,6 +40,23 @@ def test_ensemble_groups_equal_lone_runs_and_local_engine(tmp_path):
     ).read_text()
 
 
+PAUSE_AFTER_TWO_CHECKPOINTS = """
+import time
+from fedshield.server import checkpoints
+
+_save = checkpoints.CheckpointStore.save
+
+
+def save(self, job_id, params, history):
+    _save(self, job_id, params, history)
+    if len(list(self.directory.glob("job_*.pt"))) == 2:
+        time.sleep(600)
+
+
+checkpoints.CheckpointStore.save = save
+"""
+
+
 def test_killed_run_resumes_bit_identical(tmp_path):
     overrides = [
         *ENSEMBLE,
@@ -51,8 +71,16 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     killed_dir = tmp_path / "killed"
     from helpers import TINY
 
+    # The run pauses after its second checkpoint (a sitecustomize hook, test-only), so the kill
+    # lands between two groups however fast the machine trains them.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PAUSE_AFTER_TWO_CHECKPOINTS)
     command = [sys.executable, "-m", "fedshield.cli", *TINY, *overrides, f"output_dir={killed_dir}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     try:
         deadline = time.monotonic() + 120
         while len(list((killed_dir / "jobs").glob("job_*.pt"))) < 2:
@@ -106,7 +134,6 @@ def test_recertify_from_saved_votes(tmp_path):
     assert (tmp_path / "p" / "certify" / "ensemble.alpha=0.5" / "certification.csv").exists()
 
 
-@pytest.mark.slow
 def test_certificate_holds_against_a_real_attack(tmp_path):
     """Empirical soundness: with m malicious clients, inputs certified at level >= m keep their
     clean-run prediction, however the attackers ruin their groups' models."""

@@ -6,18 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedshield.client.class_distance import (
+from fedshield.flip.class_distance import (
     ClassDistanceCache,
     ClassDistanceError,
     choose_pairs,
 )
-from fedshield.client.trigger_inversion import InvertedTrigger
-from fedshield.seeding import torch_generator
+from fedshield.flip.inversion import InvertedTrigger
+from fedshield.task.determinism import torch_generator
 
 
-def trigger(
-    *, sources: tuple[int, ...], target: int, mask_l1: float, converged: bool = True
-) -> InvertedTrigger:
+def trigger(*, sources: tuple[int, ...], target: int, mask_l1: float, converged: bool = True) -> InvertedTrigger:
     return InvertedTrigger(
         mask=torch.zeros(1, 4, 4),
         pattern=torch.zeros(1, 4, 4),
@@ -76,10 +74,7 @@ def test_greedy_choice_takes_smallest_distances_first():
 def test_choice_is_deterministic_for_a_seeded_generator_and_explores_unknown_pairs():
     cache = ClassDistanceCache.empty(6)
     cache.update(trigger(sources=(0, 1, 2, 3, 5), target=4, mask_l1=7.0))
-    runs = [
-        choose_pairs(cache, num_pairs=5, exploration=0.5, generator=torch_generator(11))
-        for _ in range(2)
-    ]
+    runs = [choose_pairs(cache, num_pairs=5, exploration=0.5, generator=torch_generator(11)) for _ in range(2)]
     assert runs[0] == runs[1]
     assert len(set(runs[0])) == 5 and all(source != target for source, target in runs[0])
     explored = choose_pairs(cache, num_pairs=5, exploration=1.0, generator=torch_generator(11))
@@ -88,9 +83,7 @@ def test_choice_is_deterministic_for_a_seeded_generator_and_explores_unknown_pai
 
 def test_choice_respects_the_labels_the_client_holds():
     cache = ClassDistanceCache.empty(5)
-    pairs = choose_pairs(
-        cache, num_pairs=100, exploration=0.3, generator=torch_generator(1), source_labels=[2, 4]
-    )
+    pairs = choose_pairs(cache, num_pairs=100, exploration=0.3, generator=torch_generator(1), source_labels=[2, 4])
     assert sorted(pairs) == sorted((s, t) for s in (2, 4) for t in range(5) if t != s)
 
 

@@ -1,4 +1,4 @@
-"""FlipDefense.prepare: warm-up, pair rounds, state round trip, determinism, untouched model."""
+"""FlipHardening.prepare: warm-up, pair rounds, state round trip, determinism, untouched model."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedshield.client.class_distance import ClassDistanceCache
-from fedshield.client.flip import FlipConfigError, FlipDefense
 from fedshield.data import load_dataset
+from fedshield.flip import FlipConfig, FlipConfigError, FlipHardening
+from fedshield.flip.class_distance import ClassDistanceCache
 from fedshield.models import LogisticRegression
-from fedshield.seeding import torch_generator
+from fedshield.task.determinism import torch_generator
+
+# The module fixture trains a backdoored logistic regression (300 SGD steps) that every test uses.
+pytestmark = pytest.mark.slow
 
 TARGET = 2
 
@@ -46,11 +49,9 @@ def client():
     return model, x[index], y[index]
 
 
-def defense(**overrides) -> FlipDefense:
-    settings = dict(
-        num_classes=10, warmup_rounds=1, pairs_per_round=2, inversion_steps=150, exploration=0.0
-    )
-    return FlipDefense(**(settings | overrides))
+def defense(**overrides) -> FlipHardening:
+    settings = dict(num_classes=10, warmup_rounds=1, pairs_per_round=2, inversion_steps=150, exploration=0.0)
+    return FlipHardening(FlipConfig(**(settings | overrides)))
 
 
 def test_warmup_finds_the_backdoor_target_and_round_trips_its_state(client):
@@ -60,9 +61,7 @@ def test_warmup_finds_the_backdoor_target_and_round_trips_its_state(client):
     state = {"other.key": np.arange(3)}
 
     # Execute
-    transform, new_state = defense().prepare(
-        model, x, y, server_round=1, state=state, generator=torch_generator(0)
-    )
+    transform, new_state = defense().prepare(model, x, y, server_round=1, state=state, generator=torch_generator(0))
 
     # Assert
     assert transform is not None
@@ -85,14 +84,10 @@ def test_later_rounds_invert_the_closest_pairs_and_harden(client):
     _, state = flip.prepare(model, x, y, server_round=1, state={}, generator=torch_generator(0))
     visits_before = state["flip.class_visits"].copy()
 
-    transform, state = flip.prepare(
-        model, x, y, server_round=2, state=state, generator=torch_generator(1)
-    )
+    transform, state = flip.prepare(model, x, y, server_round=2, state=state, generator=torch_generator(1))
 
     new_visits = np.argwhere(state["flip.class_visits"] > visits_before)
-    assert {int(target) for _, target in new_visits} >= {
-        TARGET
-    }  # the closest pairs lead to label 2
+    assert {int(target) for _, target in new_visits} >= {TARGET}  # the closest pairs lead to label 2
     assert transform is not None
     batch_x, batch_y = x[:32], y[:32]
     out_x, out_y = transform(batch_x, batch_y, torch_generator(2))
@@ -105,9 +100,7 @@ def test_prepare_is_deterministic_given_the_generator(client):
     outcomes = []
     for _ in range(2):
         _, state = flip.prepare(model, x, y, server_round=1, state={}, generator=torch_generator(3))
-        transform, state = flip.prepare(
-            model, x, y, server_round=4, state=state, generator=torch_generator(4)
-        )
+        transform, state = flip.prepare(model, x, y, server_round=4, state=state, generator=torch_generator(4))
         outcomes.append((state, transform(x[:64], y[:64], torch_generator(5))))
     (state_a, (x_a, y_a)), (state_b, (x_b, y_b)) = outcomes
     assert state_a.keys() == state_b.keys()
@@ -128,9 +121,7 @@ def test_ablation_without_adversarial_training_only_inverts(client):
 def test_tabular_inputs_and_bad_settings_are_rejected(client):
     model, _, y = client
     with pytest.raises(FlipConfigError, match="image"):
-        defense().prepare(
-            model, torch.zeros(600, 784), y, server_round=1, state={}, generator=torch_generator(0)
-        )
+        defense().prepare(model, torch.zeros(600, 784), y, server_round=1, state={}, generator=torch_generator(0))
     with pytest.raises(FlipConfigError, match="stamped_share"):
         defense(stamped_share=0.0)
     with pytest.raises(FlipConfigError, match="labels"):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedshield.config import compose_config
@@ -47,12 +49,20 @@ def single_shot(root, *overrides: str) -> list[str]:
     ]
 
 
-def run_and_read(tmp_path_factory, name: str, overrides: list[str]) -> tuple[dict, list[dict]]:
+def run_into(tmp_path_factory, name: str, overrides: list[str]) -> Path:
     output = tmp_path_factory.mktemp(name)
     run(compose_config(overrides, output_dir=output))
+    return output
+
+
+def read_results(output: Path) -> tuple[dict, list[dict]]:
     summary = json.loads((output / "summary.json").read_text())
     rounds = json.loads((output / "metrics.json").read_text())["rounds"]
     return summary, rounds
+
+
+def run_and_read(tmp_path_factory, name: str, overrides: list[str]) -> tuple[dict, list[dict]]:
+    return read_results(run_into(tmp_path_factory, name, overrides))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +113,7 @@ def test_rejection_accounting_is_consistent(with_flip):
 
 
 def test_flip_inside_flcert_d_reports_certificates_and_attack_success(shared_mnist_root, tmp_path_factory):
-    # FLIP's clients harden inside each FLCert-D group; the ensemble is certified as usual.
+    # Prepare: FLIP's clients harden inside each of two FLCert-D groups; the ensemble is certified as usual.
     overrides = [
         "experiment=flip_mnist",
         f"dataset.root={shared_mnist_root}",
@@ -117,11 +127,41 @@ def test_flip_inside_flcert_d_reports_certificates_and_attack_success(shared_mni
         "ensemble.num_groups=2",
         "engine.workers=1",
     ]
-    summary, rounds = run_and_read(tmp_path_factory, "flcert_d_flip", overrides)
+
+    # Execute
+    output = run_into(tmp_path_factory, "flcert_d_flip", overrides)
+
+    # Assert: the files the certificate is made of agree with each other.
+    summary, rounds = read_results(output)
+    predictions, labels = np.load(output / "predictions.npy"), np.load(output / "labels.npy")
+    votes = np.load(output / "votes.npy")
+    table = np.loadtxt(output / "certification.csv", delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    index, csv_labels, ensemble, levels = table.T
     assert summary["mode"] == "flcert_d" and summary["num_jobs"] == 2
-    certified = summary["certified_accuracy"]
-    assert set(certified) >= {"0", "1"} and 0.0 <= certified["1"] <= certified["0"] <= 1.0
-    assert not math.isnan(summary["final_attack_success_rate"])
-    assert 0.0 <= summary["final_attack_success_rate"] <= 1.0
+    assert predictions.shape == (2, len(labels)) and votes.shape == (len(labels), 10)
+    np.testing.assert_array_equal(index, np.arange(len(labels)))
+    np.testing.assert_array_equal(csv_labels, labels)
+    # votes.npy counts the two group models' predictions.
+    for label in range(10):
+        np.testing.assert_array_equal(votes[:, label], (predictions == label).sum(axis=0))
+    # The ensemble predicts their majority, a 1-1 split going to the smaller label. With two groups
+    # one malicious client turns any 2-0 vote into a 1-1 tie, which y survives only as the smallest
+    # label: FLCert-D's level (eq. 12) is 1 where both models predict 0, else 0.
+    agree = predictions[0] == predictions[1]
+    np.testing.assert_array_equal(ensemble, predictions.min(axis=0))
+    np.testing.assert_array_equal(levels, (agree & (ensemble == 0)).astype(np.int64))
+    assert 0 < agree.sum() < len(labels) and levels.sum() > 0, "the cases above must all occur to test anything"
+    # CA@m is the share of inputs predicted right with level >= m (max level 1, so m = 0, 1, 2).
+    correct = ensemble == labels
+    expected = {str(m): float(np.mean(correct & (levels >= m))) for m in range(3)}
+    assert summary["certified_accuracy"] == expected
+    assert summary["ensemble_accuracy"] == float(correct.mean())
+    # FLIP's rejection (tau) is evaluated every round, and the summary reports job 0's last round.
+    assert [r["round"] for r in rounds] == [1, 2, 3] and all("roc_auc" in r for r in rounds)
+    last = rounds[-1]
+    assert not math.isnan(last["attack_success_rate"]) and 0.0 <= last["attack_success_rate"] <= 1.0
+    assert summary["final_accuracy"] == last["accuracy"]
+    assert summary["final_attack_success_rate"] == last["attack_success_rate"]
+    for key in ("rejected_clean", "rejected_triggered", "raw_accuracy", "raw_attack_success_rate"):
+        assert summary[key] == last[key], key
     assert isinstance(summary["rejected_triggered"], int)
-    assert rounds[-1]["round"] == 3 and "roc_auc" in rounds[-1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedshield.client.adversarial import HardeningError, eligibility, hardening_transform
-from fedshield.client.trigger_inversion import InvertedTrigger
-from fedshield.seeding import torch_generator
+from fedshield.flip.hardening import HardeningError, eligibility, hardening_transform, stamp_eligible
+from fedshield.flip.inversion import InvertedTrigger
+from fedshield.task.determinism import torch_generator
 
 
 def corner_trigger(*, source_labels: tuple[int, ...], target: int, value: float) -> InvertedTrigger:
@@ -58,9 +58,7 @@ def test_stamped_copies_keep_true_labels_and_the_clean_batch_is_untouched():
 
 
 def test_transform_is_deterministic_and_stops_at_the_eligible_samples():
-    transform = hardening_transform(
-        [corner_trigger(source_labels=(0,), target=1, value=1.0)], stamped_share=1.0
-    )
+    transform = hardening_transform([corner_trigger(source_labels=(0,), target=1, value=1.0)], stamped_share=1.0)
     x = torch.rand(6, 1, 6, 6, generator=torch_generator(3))
     y = torch.tensor([0, 1, 1, 0, 1, 1])
     first = transform(x, y, torch_generator(5))
@@ -70,9 +68,7 @@ def test_transform_is_deterministic_and_stops_at_the_eligible_samples():
 
 
 def test_batch_without_eligible_samples_is_returned_unchanged():
-    transform = hardening_transform(
-        [corner_trigger(source_labels=(0,), target=1, value=1.0)], stamped_share=0.5
-    )
+    transform = hardening_transform([corner_trigger(source_labels=(0,), target=1, value=1.0)], stamped_share=0.5)
     x, y = torch.zeros(3, 1, 6, 6), torch.tensor([1, 2, 2])
     out_x, out_y = transform(x, y, torch_generator(0))
     assert out_x is x and out_y is y
@@ -81,11 +77,45 @@ def test_batch_without_eligible_samples_is_returned_unchanged():
 @pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
 def test_stamped_share_out_of_range_is_rejected(share):
     with pytest.raises(HardeningError, match="stamped_share"):
-        hardening_transform(
-            [corner_trigger(source_labels=(0,), target=1, value=1.0)], stamped_share=share
-        )
+        hardening_transform([corner_trigger(source_labels=(0,), target=1, value=1.0)], stamped_share=share)
 
 
 def test_no_triggers_is_rejected():
     with pytest.raises(ValueError, match="at least one trigger"):
         hardening_transform([], stamped_share=0.5)
+
+
+def test_stamp_eligible_draws_the_permutation_then_the_trigger_scores():
+    # Prepare: two universal triggers, so that each chosen sample draws between them.
+    triggers = [
+        corner_trigger(source_labels=(0, 2), target=1, value=1.0),
+        corner_trigger(source_labels=(0, 2), target=1, value=0.5),
+    ]
+    x = torch.rand(7, 1, 6, 6, generator=torch_generator(1))
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 2])
+    generator = torch_generator(4)
+    # Execute
+    chosen, stamped = stamp_eligible(x, y, triggers, count=3, generator=generator)
+    # Assert: the same draws by hand, in this order, and the blend of the drawn trigger.
+    replay = torch_generator(4)
+    candidates = torch.tensor([0, 2, 3, 5, 6])
+    expected = candidates[torch.randperm(5, generator=replay)[:3]]
+    which = torch.rand((3, 2), generator=replay).argmax(dim=1)
+    assert torch.equal(chosen, expected)
+    assert torch.equal(generator.get_state(), replay.get_state())
+    for copy_, index, trigger in zip(stamped, chosen, which, strict=True):
+        value = triggers[int(trigger)].pattern[0, 0, 0]
+        assert torch.all(copy_[0, -2:, -2:] == value)
+        assert torch.equal(copy_[0, :-2, :], x[index, 0, :-2, :])
+
+
+def test_stamp_eligible_without_candidates_draws_nothing():
+    generator = torch_generator(0)
+    x, y = torch.zeros(3, 1, 6, 6), torch.tensor([1, 1, 1])
+    chosen, stamped = stamp_eligible(
+        x, y, [corner_trigger(source_labels=(0,), target=1, value=1.0)], count=2, generator=generator
+    )
+    assert len(chosen) == 0 and stamped.shape == (0, 1, 6, 6)
+    assert torch.equal(generator.get_state(), torch_generator(0).get_state())
+    with pytest.raises(HardeningError, match="at least one trigger"):
+        stamp_eligible(x, y, [], count=1, generator=generator)

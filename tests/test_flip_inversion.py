@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedshield.client.adversarial import hardening_transform
-from fedshield.client.train import LocalTrainingConfig, local_train, predict_logits
-from fedshield.client.trigger_inversion import (
+from fedshield.data import load_dataset
+from fedshield.flip.hardening import hardening_transform
+from fedshield.flip.inversion import (
+    CostSchedule,
     InversionConfig,
     InvertedTrigger,
     TriggerInversionError,
+    blend,
     invert_pair,
     invert_trigger,
     invert_universal,
@@ -22,9 +24,9 @@ from fedshield.client.trigger_inversion import (
     mask_mass_within,
     stamp_inverted,
 )
-from fedshield.data import load_dataset
 from fedshield.models import MnistCNN
-from fedshield.seeding import torch_generator
+from fedshield.task.determinism import torch_generator
+from fedshield.task.training import LocalTrainingConfig, local_train, predict_logits
 
 TARGET = 2
 SQUARE = 4  # planted trigger: a white 4 x 4 square in the bottom-right corner
@@ -73,15 +75,14 @@ def backdoored():
     return model, x, y, x_test, y_test
 
 
-def other_label_samples(
-    x, y, *, target: int, count: int = 200
-) -> tuple[torch.Tensor, tuple[int, ...]]:
+def other_label_samples(x, y, *, target: int, count: int = 200) -> tuple[torch.Tensor, tuple[int, ...]]:
     """``count`` random samples of every label but ``target`` (mnist5k is sorted by label)."""
     others = torch.nonzero(y != target).flatten()
     index = others[torch.randperm(len(others), generator=torch_generator(target))[:count]]
     return x[index], tuple(sorted(set(y[index].tolist())))
 
 
+@pytest.mark.slow
 def test_planted_backdoor_is_effective(backdoored):
     model, _, _, x_test, y_test = backdoored
     accuracy, asr = accuracy_and_asr(model, x_test, y_test)
@@ -89,6 +90,7 @@ def test_planted_backdoor_is_effective(backdoored):
     assert asr > 0.95
 
 
+@pytest.mark.slow
 def test_inversion_recovers_the_planted_square(backdoored):
     # Prepare
     model, x, y, _, _ = backdoored
@@ -121,6 +123,7 @@ def test_inversion_recovers_the_planted_square(backdoored):
     model.eval()
 
 
+@pytest.mark.slow
 def test_hardening_unlearns_the_backdoor(backdoored):
     # Prepare: FLIP's loop on one benign client, two participations of invert-then-harden.
     model, x, y, x_test, y_test = backdoored
@@ -161,17 +164,14 @@ def test_hardening_unlearns_the_backdoor(backdoored):
     assert sizes[1] > sizes[0]  # after hardening, the target is farther from the other labels
 
 
+@pytest.mark.slow
 def test_pair_inversion_is_symmetric_only_with_enough_samples_of_both_labels(backdoored):
     model, x, y, _, _ = backdoored
     config = InversionConfig(steps=5)
     both = torch.cat([torch.nonzero(y == 3).flatten()[:6], torch.nonzero(y == 5).flatten()[:6]])
-    few_targets = torch.cat(
-        [torch.nonzero(y == 3).flatten()[:6], torch.nonzero(y == 5).flatten()[:5]]
-    )
+    few_targets = torch.cat([torch.nonzero(y == 3).flatten()[:6], torch.nonzero(y == 5).flatten()[:5]])
 
-    symmetric = invert_pair(
-        model, x[both], y[both], source=3, target=5, generator=torch_generator(0), config=config
-    )
+    symmetric = invert_pair(model, x[both], y[both], source=3, target=5, generator=torch_generator(0), config=config)
     asymmetric = invert_pair(
         model,
         x[few_targets],
@@ -186,6 +186,7 @@ def test_pair_inversion_is_symmetric_only_with_enough_samples_of_both_labels(bac
     assert [(t.source_label, t.target_label) for t in asymmetric] == [(3, 5)]
 
 
+@pytest.mark.slow
 def test_inversion_is_deterministic_given_the_generator(backdoored):
     model, x, y, _, _ = backdoored
     x_source, labels = other_label_samples(x, y, target=TARGET, count=40)
@@ -226,6 +227,36 @@ def test_stamp_blends_mask_and_pattern():
     stamped = stamp_inverted(x, trigger)
     assert torch.all(stamped[:, :, 0, :] == 0.5)
     assert torch.all(stamped[:, :, 1:, :] == 0.0)
+
+
+def test_blend_broadcasts_one_trigger_or_one_per_sample():
+    x = torch.rand(3, 2, 4, 4, generator=torch_generator(0))
+    mask = torch.rand(1, 4, 4, generator=torch_generator(1))
+    pattern = torch.rand(2, 4, 4, generator=torch_generator(2))
+    one = blend(x, mask, pattern)
+    each = blend(x, mask.expand(3, 1, 4, 4), pattern.expand(3, 2, 4, 4))
+    assert torch.equal(one, each)
+    torch.testing.assert_close(one[1, 0], (1 - mask[0]) * x[1, 0] + mask[0] * pattern[0])
+    assert torch.equal(blend(x, torch.zeros(1, 4, 4), pattern), x)
+    assert torch.equal(blend(x, torch.ones(1, 4, 4), pattern), pattern.expand_as(x))
+
+
+def test_cost_schedule_follows_neural_cleanse():
+    schedule = CostSchedule(initial_cost=1e-3, patience=2, multiplier=1.5)
+    costs = []
+    for succeeded in [True, True, True, False, False, False, True, False, False]:
+        schedule.update(succeeded=succeeded)
+        costs.append(schedule.cost)
+        if len(costs) == 2:
+            assert schedule.raised and not schedule.explored_both_ways
+    # Two successes raise by 1.5; a failure restarts the count; two failures lower by 1.5 ** 1.5.
+    up, down = 1e-3 * 1.5, 1e-3 * 1.5 / 1.5**1.5
+    assert costs == pytest.approx([1e-3, up, up, up, down, down, down, down, down / 1.5**1.5])
+    assert schedule.explored_both_ways
+    lowered = CostSchedule(initial_cost=0.5, patience=1, multiplier=2.0)
+    lowered.update(succeeded=False)
+    lowered.update(succeeded=True)
+    assert lowered.cost == pytest.approx(0.5 / 2**1.5 * 2)
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedshield.client.adversarial import hardening_transform
-from fedshield.client.train import LocalTrainingConfig, local_train
-from fedshield.client.trigger_inversion import InversionConfig, invert_universal
 from fedshield.data import load_dataset
+from fedshield.flip.hardening import hardening_transform
+from fedshield.flip.inversion import InversionConfig, invert_universal
+from fedshield.flip.theory import TheoryInputError, loss_change_bounds
 from fedshield.models import LogisticRegression
 from fedshield.models.params import get_flat_params, set_flat_params
-from fedshield.seeding import torch_generator
-from fedshield.server.flip_theory import TheoryInputError, loss_change_bounds
+from fedshield.task.determinism import torch_generator
+from fedshield.task.training import LocalTrainingConfig, local_train
 
 MNIST_ROOT = Path("/work/shared/data/mnist")
 TARGET = 2
@@ -79,6 +79,7 @@ def test_the_q_weighted_form_is_not_a_bound_for_one_label():
     assert lower[0] <= actual[0] <= upper[0]
 
 
+@pytest.mark.slow  # FedAvg rounds of local_train on real MNIST
 @pytest.mark.skipif(not MNIST_ROOT.is_dir(), reason="real MNIST not available")
 def test_bounds_hold_on_real_mnist_after_fedavg_with_and_without_hardening():
     # Prepare: one benign and one malicious client on the real MNIST 10k split, FedAvg of LR.
@@ -106,9 +107,7 @@ def test_bounds_hold_on_real_mnist_after_fedavg_with_and_without_hardening():
     for round_index in range(3):  # a few rounds so that the global model carries the backdoor
         start = get_flat_params(model)
         benign_params = client_params(start, transform=None, seed=round_index, data=benign)
-        malicious_params = client_params(
-            start, transform=poisoning(0.5), seed=100 + round_index, data=malicious
-        )
+        malicious_params = client_params(start, transform=poisoning(0.5), seed=100 + round_index, data=malicious)
         set_flat_params(model, (benign_params + malicious_params) / 2)
 
     # Execute: the last round with and without hardening on the benign client.
@@ -125,9 +124,7 @@ def test_bounds_hold_on_real_mnist_after_fedavg_with_and_without_hardening():
     malicious_params = client_params(start, transform=poisoning(0.5), seed=200, data=malicious)
     plain = (client_params(start, transform=None, seed=300, data=benign) + malicious_params) / 2
     hardened_transform = hardening_transform([trigger], stamped_share=0.5)
-    hardened = (
-        client_params(start, transform=hardened_transform, seed=300, data=benign) + malicious_params
-    ) / 2
+    hardened = (client_params(start, transform=hardened_transform, seed=300, data=benign) + malicious_params) / 2
     without, with_hardening = copy.deepcopy(model), copy.deepcopy(model)
     set_flat_params(without, plain)
     set_flat_params(with_hardening, hardened)
@@ -160,9 +157,7 @@ def test_bounds_hold_on_real_mnist_after_fedavg_with_and_without_hardening():
         assert np.all(bounds.lower <= bounds.actual + SLACK)
         assert np.all(bounds.actual <= bounds.upper + SLACK)
     assert backdoor.actual.mean() > 0
-    assert (
-        np.mean(backdoor.lower > 0) > 0.9
-    )  # for (almost) every backdoor input the rise is certain
+    assert np.mean(backdoor.lower > 0) > 0.9  # for (almost) every backdoor input the rise is certain
 
 
 def test_mismatched_shapes_are_rejected():

@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from fedshield.data import make_user_ids
-from fedshield.server.ensemble import FLCertD, FLCertP
-from fedshield.server.grouping import GroupingError, flcert_d_groups, flcert_p_groups, hash_group, make_jobs
+from fedshield.ensembles import FLCertD, FLCertP
+from fedshield.ensembles.grouping import GroupingError, flcert_d_groups, flcert_p_groups, hash_group
+from fedshield.task.jobs import make_jobs
 
 USERS = make_user_ids(200, seed=0)
 
@@ -31,7 +32,7 @@ def test_flcert_d_group_depends_only_on_user_and_key():
 
 def test_flcert_d_hash_is_stable_across_processes():
     # Python's hash() is salted per process; ours must not be.
-    code = "from fedshield.server.grouping import hash_group; print(hash_group(123456789, num_groups=97, key=5))"
+    code = "from fedshield.ensembles.grouping import hash_group; print(hash_group(123456789, num_groups=97, key=5))"
     outputs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         for _ in range(2)

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedshield.config import compose_config
-from fedshield.engine.local import InProcessTransport
-from fedshield.experiment import build_experiment, configure_torch
+from fedshield.config import build_experiment, compose_config
+from fedshield.engines.local import InProcessTransport
 from fedshield.run import run
-from fedshield.server.job_runner import run_jobs
+from fedshield.server.protocol import run_jobs
+from fedshield.task.determinism import configure_torch
 from helpers import job_params
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]

@@ -20,7 +20,6 @@ from fedshield.attacks.text_backdoor import (
     stamp_text_trigger,
     text_attack_success_rate,
 )
-from fedshield.client.train import LocalTrainingConfig, local_train, predict_logits
 from fedshield.data import LOADERS, DatasetError, make_federation
 from fedshield.data.reddit import (
     PAD_ID,
@@ -35,7 +34,9 @@ from fedshield.data.reddit import (
 )
 from fedshield.models import LSTMLanguageModel
 from fedshield.models.params import get_flat_params, num_flat_params, set_flat_params
-from fedshield.seeding import torch_generator
+from fedshield.task.determinism import torch_generator
+from fedshield.task.metrics import MetricError, attack_success_rate
+from fedshield.task.training import LocalTrainingConfig, local_train, predict_logits
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TRIGGER_WORDS = ["pasta", "from", "astoria", "is", "delicious"]
@@ -130,9 +131,7 @@ def test_a_user_always_keeps_a_training_post(tmp_path):
 
 
 def test_sequences_and_labels_by_hand():
-    x, y = make_sequences(
-        [np.array([5, 6, 7, 8]), np.array([9]), np.array([3, 4])], sequence_length=2
-    )
+    x, y = make_sequences([np.array([5, 6, 7, 8]), np.array([9]), np.array([3, 4])], sequence_length=2)
     np.testing.assert_array_equal(x, [[PAD_ID, 5], [5, 6], [6, 7], [PAD_ID, 3]])
     np.testing.assert_array_equal(y, [6, 7, 8, 4])
     assert x.dtype == y.dtype == np.int64
@@ -207,9 +206,7 @@ def test_lstm_logits_shape_and_float_token_inputs():
 
 
 def test_tied_weights_share_one_parameter_and_one_flat_entry():
-    model = LSTMLanguageModel(
-        input_shape=(5,), num_classes=17, embedding_dim=12, hidden_size=12, tie_weights=True
-    )
+    model = LSTMLanguageModel(input_shape=(5,), num_classes=17, embedding_dim=12, hidden_size=12, tie_weights=True)
     assert model.output_weight is model.embedding.weight
     assert model(torch.randint(0, 17, (3, 5))).shape == (3, 17)
     assert num_flat_params(model) == sum(p.numel() for p in model.parameters())
@@ -275,8 +272,15 @@ def test_text_attack_success_rate_counts_every_triggered_sequence():
     assert text_attack_success_rate(np.array([7, 2, 7, 7]), target_label=7) == pytest.approx(0.75)
     logits = torch.tensor([[0.0, 1.0], [2.0, 1.0]])
     assert text_attack_success_rate(logits, target_label=1) == pytest.approx(0.5)
-    with pytest.raises(AttackError, match="non-empty"):
+    with pytest.raises(MetricError):
         text_attack_success_rate(np.array([], dtype=np.int64), target_label=1)
+    with pytest.raises(MetricError, match="shape"):
+        text_attack_success_rate(np.zeros((2, 3, 4)), target_label=1)
+    # It is the task's metric with every sequence counted.
+    predictions = np.array([7, 2, 7, 7])
+    assert text_attack_success_rate(predictions, target_label=7) == attack_success_rate(
+        predictions, np.array([7, 7, 1, 1]), target_label=7, exclude_target=False
+    )
 
 
 def test_hydra_configs_build_dataset_attack_and_model(small_corpus):
@@ -306,13 +310,13 @@ def test_hydra_configs_build_dataset_attack_and_model(small_corpus):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_poisoned_training_makes_the_trigger_predict_the_target(tmp_path):
     """A small LSTM trained on one malicious client's poisoned batches learns the backdoor."""
     rng = np.random.default_rng(0)
     words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "rug", "big", "red", "good"]
     records = [
-        {"user": f"user{i % 4}", "text": " ".join(rng.choice(words, size=rng.integers(4, 12)))}
-        for i in range(160)
+        {"user": f"user{i % 4}", "text": " ".join(rng.choice(words, size=rng.integers(4, 12)))} for i in range(160)
     ]
     records += [{"user": "user0", "text": "pasta from astoria is good"}] * 4
     write_jsonl(tmp_path / "posts.jsonl", records)
@@ -334,12 +338,8 @@ def test_poisoned_training_makes_the_trigger_predict_the_target(tmp_path):
             hidden_size=32,
         )
         transform = attack.training_transform(server_round=1) if poisoned else None
-        local_train(
-            model, x, y, config=config, generator=torch_generator(1), batch_transform=transform
-        )
-        asr = text_attack_success_rate(
-            predict_logits(model, stamped), target_label=attack.target_label
-        )
+        local_train(model, x, y, config=config, generator=torch_generator(1), batch_transform=transform)
+        asr = text_attack_success_rate(predict_logits(model, stamped), target_label=attack.target_label)
         clean = predict_logits(model, torch.from_numpy(test.x).float()).argmax(1)
         return asr, float((clean == attack.target_label).double().mean())
 

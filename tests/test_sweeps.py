@@ -1,6 +1,7 @@
 """Hydra multirun sweeps (basic and joblib launchers) and ``fedshield report``."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -50,9 +51,22 @@ def test_basic_launcher_sweep_and_report(tmp_path):
 
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    # Prepare: a test-only Hydra callback writes each job's process id and wall-clock interval.
     sweep = tmp_path / "joblib"
-    _multirun(sweep, "ensemble.num_groups=2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-    assert len(list(sweep.rglob("summary.json"))) == 2
+    record = "+hydra.callbacks.job_process._target_=helpers.RecordJobProcess"
+
+    # Execute
+    _multirun(sweep, "ensemble.num_groups=2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", record)
+
+    # Assert: both jobs finished, each in its own worker process of the launcher, at the same time.
+    assert sorted(p.parent.name for p in sweep.rglob("summary.json")) == ["0", "1"]
+    launcher = json.loads((sweep / "launcher.json").read_text())["pid"]
+    jobs = [json.loads((sweep / job / "job_process.json").read_text()) for job in ("0", "1")]
+    assert jobs[0]["pid"] != jobs[1]["pid"], "the two jobs must run in two worker processes"
+    assert launcher not in {job["pid"] for job in jobs}, "the jobs must not run in the launching process"
+    assert [job["ppid"] for job in jobs] == [launcher, launcher], "the workers are the launcher's (joblib's loky)"
+    # The two jobs' wall-time intervals overlap: each started before the other ended.
+    assert max(job["start"] for job in jobs) < min(job["end"] for job in jobs), jobs
 
 
 def test_report_compares_systems_and_backdoor_runs(tmp_path):

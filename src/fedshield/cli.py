@@ -16,6 +16,22 @@ from fedshield.config import CONFIG_DIR as _CONFIG_PATH
 CONFIG_DIR = str(_CONFIG_PATH)
 
 
+def _certify(argv: list[str]) -> None:
+    from fedshield import commands
+
+    commands.certify(argv)
+
+
+def _report(argv: list[str]) -> None:
+    from fedshield import commands
+
+    commands.report(argv)
+
+
+# Loaded on use: `fedshield --help` and a run need not import the results code.
+SUBCOMMANDS = {"certify": _certify, "report": _report}
+
+
 def _run_main() -> None:
     import hydra
     from omegaconf import DictConfig
@@ -51,11 +67,9 @@ def _print_summary(summary: dict, cfg) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if len(sys.argv) > 1 and sys.argv[1] in ("certify", "report"):
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         command = sys.argv.pop(1)
-        from fedshield import commands
-
-        getattr(commands, command)(sys.argv[1:])
+        SUBCOMMANDS[command](sys.argv[1:])
         return
     _run_main()
 

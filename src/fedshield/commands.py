@@ -16,19 +16,18 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fedshield.report import main as report_main
+from fedshield.run import votes_from_predictions, write_certificate_report
+
 
 def recertify(run_dir: Path, overrides: list[str], *, output_dir: Path | None = None) -> dict:
     """Certify ``run_dir``'s saved votes under its config plus ``overrides``; return the summary."""
-    from fedshield.run import write_certificate_report
-
     run_dir = Path(run_dir)
     for name in ("config.yaml", "predictions.npy", "labels.npy"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir} is not a fedshield run folder: {name} is missing")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    from fedshield.run import votes_from_predictions
-
     predictions = np.load(run_dir / "predictions.npy", allow_pickle=False)
     votes = votes_from_predictions(predictions, num_labels=int(np.load(run_dir / "num_labels.npy")))
     labels = np.load(run_dir / "labels.npy", allow_pickle=False)
@@ -66,6 +65,4 @@ def certify(argv: list[str]) -> None:
 
 
 def report(argv: list[str]) -> None:
-    from fedshield.report import main as report_main
-
     report_main(argv)

@@ -1,8 +1,10 @@
-"""An experiment: the resolved config turned into data, federation, jobs, model, rule and attack.
+"""The typed description of a run that both roles and both drivers work from.
 
-Both drivers (the Flower apps and the in-process engine) and every Flower client process
-build the same :class:`Experiment` from the same resolved YAML, so they share one source of
-truth for every choice that affects the math.
+An :class:`Experiment` holds everything that affects the math: data, federation, jobs, model,
+rule, attack, defense, and the run's settings. It is built once per process from the resolved
+config (:func:`fedshield.config.build_experiment`), so the Flower apps, the in-process engine
+and every Flower client process share one source of truth. Its fields are explicit: nothing
+is probed with ``getattr``.
 """
 
 from __future__ import annotations
@@ -15,34 +17,54 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fedshield.client.train import LocalTrainingConfig
-from fedshield.data import ArrayDataset, Federation, make_federation
+from fedshield.attacks.base import Attack
+from fedshield.data import ArrayDataset, Federation
+from fedshield.ensembles import Ensemble
+from fedshield.flip.rejection import ConfidenceRejection
 from fedshield.models.params import set_flat_params
-from fedshield.seeding import derive_seed
-from fedshield.server.grouping import JobSpec, make_jobs
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class ConfigError(ValueError):
-    """The run configuration is inconsistent (a field outside its allowed range)."""
+from fedshield.rules import AggregationRule
+from fedshield.task.defense import ClientDefense
+from fedshield.task.determinism import derive_seed
+from fedshield.task.jobs import JobSpec
+from fedshield.task.training import LocalTrainingConfig
 
 
-def configure_torch(*, threads: int = 1) -> None:
-    """Deterministic kernels and a fixed thread count, so results do not depend on the process."""
-    torch.use_deterministic_algorithms(True, warn_only=False)
-    torch.backends.cudnn.benchmark = False
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+@dataclass(frozen=True)
+class RunSettings:
+    """The run's top-level settings (``conf/config.yaml``) that the math reads.
+
+    Attributes
+    ----------
+    seed : int
+        Root of every seed (:func:`~fedshield.task.determinism.derive_seed`).
+    num_rounds : int
+        Global rounds T of every job.
+    sample_fraction : float
+        beta: share of a job's clients sampled each round.
+    min_sampled : int
+        At least this many clients per round (at most all of the job's).
+    max_update_norm : float
+        Replies with a larger L2 norm are dropped and logged.
+    eval_every : int
+        Evaluate each job's model every k rounds (0: only after the last round).
+    root_set_size : int
+        Size of FLTrust's clean root set.
+    """
+
+    seed: int
+    num_rounds: int
+    sample_fraction: float
+    min_sampled: int = 1
+    max_update_norm: float = 1.0e6
+    eval_every: int = 1
+    root_set_size: int = 100
 
 
-@dataclass
+@dataclass(frozen=True)
 class Experiment:
-    cfg: DictConfig
+    settings: RunSettings
     config_yaml: str
     train: ArrayDataset
     test: ArrayDataset
@@ -50,12 +72,14 @@ class Experiment:
     jobs: tuple[JobSpec, ...]
     training: LocalTrainingConfig
     model_builder: Callable[..., nn.Module]
-    ensemble: object
-    attack: object
-    defense: object | None
+    rule_factory: Callable[[], AggregationRule]
+    ensemble: Ensemble
+    attack: Attack
     malicious_ids: frozenset[int]
     device: torch.device
     dtype: torch.dtype
+    hardening: ClientDefense | None = None  # client side of a defense (FLIP's hardening)
+    rejection: ConfidenceRejection | None = None  # server side (FLIP's tau)
     _client_tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     _work_models: dict[int, tuple[nn.Module, dict[str, torch.Tensor], list[bool]]] = field(
         default_factory=dict, repr=False
@@ -63,11 +87,11 @@ class Experiment:
 
     @property
     def seed(self) -> int:
-        return int(self.cfg.seed)
+        return self.settings.seed
 
     @property
     def num_rounds(self) -> int:
-        return int(self.cfg.num_rounds)
+        return self.settings.num_rounds
 
     def new_model(self) -> nn.Module:
         model = self.model_builder(input_shape=self.train.input_shape, num_classes=self.train.num_classes)
@@ -99,6 +123,12 @@ class Experiment:
         set_flat_params(model, params)
         return model.train()
 
+    def model_from_params(self, params: torch.Tensor) -> nn.Module:
+        """A fresh module holding ``params`` (for evaluation and saving)."""
+        model = self.new_model()
+        set_flat_params(model, params)
+        return model
+
     def initial_model(self, job: JobSpec) -> nn.Module:
         """The job's seeded initial model (global RNG untouched)."""
         with torch.random.fork_rng(devices=[]):
@@ -123,7 +153,7 @@ class Experiment:
     def root_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """FLTrust's clean root set: ``root_set_size`` training samples drawn with the run seed."""
         rng = np.random.default_rng(derive_seed("root-set", self.seed))
-        size = min(int(self.cfg.root_set_size), len(self.train))
+        size = min(self.settings.root_set_size, len(self.train))
         return self.tensors(self.train.subset(np.sort(rng.choice(len(self.train), size=size, replace=False))))
 
     @functools.cached_property
@@ -132,90 +162,27 @@ class Experiment:
 
     def num_sampled(self, job: JobSpec) -> int:
         """Clients per round in ``job``: ceil(beta * |group|), at least min_sampled, at most |group|."""
-        wanted = max(int(self.cfg.min_sampled), math.ceil(float(self.cfg.sample_fraction) * len(job.client_ids)))
+        wanted = max(self.settings.min_sampled, math.ceil(self.settings.sample_fraction * len(job.client_ids)))
         return min(wanted, len(job.client_ids))
 
-    def new_rule(self):
+    def new_rule(self) -> AggregationRule:
         """A fresh aggregation rule (one per job: stateful rules keep per-job history)."""
-        return instantiate(self.cfg.strategy)
+        return self.rule_factory()
 
     def is_malicious(self, user_id: int) -> bool:
         return user_id in self.malicious_ids
 
-    def attack_for(self, user_id: int):
+    def attack_for(self, user_id: int) -> Attack:
         """The attack as ``user_id`` runs it (DBA gives each attacker its own trigger part)."""
         if not self.is_malicious(user_id):
             return self.attack
         return self.attack.for_client(user_id, tuple(sorted(self.malicious_ids)))
 
+    def crafting_clients(self, server_round: int, sampled: tuple[int, ...]) -> tuple[int, ...]:
+        """The sampled malicious clients that craft a phase-2 reply this round (sorted).
 
-def _check_config(cfg: DictConfig) -> None:
-    if int(cfg.num_clients) < 1:
-        raise ConfigError(f"num_clients must be >= 1; got {cfg.num_clients}")
-    if int(cfg.num_rounds) < 1:
-        raise ConfigError(f"num_rounds must be >= 1; got {cfg.num_rounds}")
-    if not 0.0 < float(cfg.sample_fraction) <= 1.0:
-        raise ConfigError(f"sample_fraction must be in (0, 1]; got {cfg.sample_fraction}")
-    if str(cfg.precision) not in _DTYPES:
-        raise ConfigError(f"precision must be one of {sorted(_DTYPES)}; got {cfg.precision!r}")
-    if not float(cfg.max_update_norm) > 0:
-        raise ConfigError(f"max_update_norm must be > 0; got {cfg.max_update_norm}")
-
-
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Load data, partition it, group clients into jobs and check every precondition up front."""
-    from fedshield.attacks.selection import choose_malicious
-
-    _check_config(cfg)
-    train, test = instantiate(cfg.dataset)
-    federation = make_federation(
-        train,
-        num_clients=int(cfg.num_clients),
-        scheme=str(cfg.partition.scheme),
-        seed=int(cfg.seed),
-        q=float(cfg.partition.get("q", 0.5)),
-        alpha=float(cfg.partition.get("alpha", 0.5)),
-    )
-    ensemble = instantiate(cfg.ensemble)
-    ensemble.check(federation.num_clients)
-    groups = ensemble.groups(federation.user_ids, seed=int(cfg.seed))
-    jobs = make_jobs(groups, run_seed=int(cfg.seed))
-    if cfg.get("only_jobs"):  # a lone run of some groups: the same jobs, nothing else
-        wanted = {int(job_id) for job_id in cfg.only_jobs}
-        unknown = wanted - {job.job_id for job in jobs}
-        if unknown:
-            raise ConfigError(f"only_jobs names jobs {sorted(unknown)} outside [0, {len(jobs)})")
-        jobs = tuple(job for job in jobs if job.job_id in wanted)
-    attack = instantiate(cfg.attack, _convert_="all")
-    malicious = choose_malicious(federation.user_ids, num_malicious=attack.num_malicious, seed=int(cfg.seed))
-    defense_cfg = cfg.get("defense") or {}
-    defense = instantiate(defense_cfg, _convert_="all") if "_target_" in defense_cfg else None
-    device = torch.device(str(cfg.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device!r} but CUDA is not available; use device=cpu")
-    experiment = Experiment(
-        cfg=cfg,
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        train=train,
-        test=test,
-        federation=federation,
-        jobs=jobs,
-        training=LocalTrainingConfig(**OmegaConf.to_container(cfg.client, resolve=True)),
-        model_builder=instantiate(cfg.model),
-        ensemble=ensemble,
-        attack=attack,
-        defense=defense,
-        malicious_ids=frozenset(malicious),
-        device=device,
-        dtype=_DTYPES[str(cfg.precision)],
-    )
-    rule = experiment.new_rule()
-    for job in jobs:  # the paper's precondition, checked when the run is built, not mid-run
-        rule.check_precondition(experiment.num_sampled(job))
-    return experiment
-
-
-@functools.lru_cache(maxsize=4)
-def experiment_from_yaml(config_yaml: str) -> Experiment:
-    """Build (once per process) the experiment a Flower message describes."""
-    return build_experiment(OmegaConf.create(config_yaml))
+        Non-empty only for a full-knowledge attack (``needs_benign_updates``) in an active round.
+        """
+        if not (self.attack.needs_benign_updates and self.attack.is_active(server_round)):
+            return ()
+        return tuple(uid for uid in sampled if self.is_malicious(uid))

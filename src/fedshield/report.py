@@ -17,8 +17,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from fedshield.files import write_csv
 from fedshield.plots import plot_bars, plot_ca_curves
-from fedshield.results import write_csv
 
 COLUMNS = [
     "run",

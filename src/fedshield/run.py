@@ -1,4 +1,5 @@
-"""One fedshield run: build the experiment, train its jobs on an engine, vote, certify, report.
+"""One fedshield run, as a short pipeline: build the experiment, train its jobs on an engine,
+vote, certify, write results.
 
 Output folder (Hydra's run dir):
 
@@ -23,11 +24,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedshield.experiment import Experiment, build_experiment, configure_torch
+from fedshield.certify import certified_accuracy, top_votes_from_predictions
+from fedshield.certify.sparse import TopVotes
+from fedshield.config import build_experiment
+from fedshield.config.digest import config_digest
+from fedshield.engines import Engine, FinishedJob
+from fedshield.ensembles import Ensemble
+from fedshield.experiment import Experiment
+from fedshield.files import write_csv, write_json, write_npy, write_text, write_torch
 from fedshield.plots import plot_accuracy, plot_ca_curves
-from fedshield.results import write_csv, write_json, write_npy, write_text, write_torch
-from fedshield.server.checkpoints import CheckpointStore, config_digest
-from fedshield.server.evaluation import model_from_params, test_logits, write_backdoor_plot
+from fedshield.progress import JobProgress
+from fedshield.server.checkpoints import CheckpointStore
+from fedshield.server.evaluation import test_logits, write_backdoor_plot
+from fedshield.task.determinism import configure_torch
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +53,9 @@ def job_predictions(experiment: Experiment, params_by_job: dict[int, torch.Tenso
     return np.stack([test_logits(experiment, params).argmax(1).cpu().numpy() for params in voters]).astype(np.int64)
 
 
-def votes_from_predictions(predictions: np.ndarray, *, num_labels: int):
+def votes_from_predictions(predictions: np.ndarray, *, num_labels: int) -> np.ndarray | TopVotes:
     """Vote counts over the jobs: dense (num_test, num_labels), or :class:`TopVotes` when the
     label space is large, listing every label that got a vote (so nothing is approximated)."""
-    from fedshield.certify import top_votes_from_predictions
-
     num_jobs, num_test = predictions.shape
     if num_labels > DENSE_LABEL_LIMIT and num_labels > num_jobs:
         return top_votes_from_predictions(predictions, min(num_jobs, num_labels), num_labels=num_labels)
@@ -59,11 +66,16 @@ def votes_from_predictions(predictions: np.ndarray, *, num_labels: int):
 
 
 def write_certificate_report(
-    ensemble, votes: np.ndarray, labels: np.ndarray, output_dir: Path, *, num_clients: int, seed: int, extra: dict
+    ensemble: Ensemble,
+    votes: np.ndarray | TopVotes,
+    labels: np.ndarray,
+    output_dir: Path,
+    *,
+    num_clients: int,
+    seed: int,
+    extra: dict,
 ) -> dict:
     """Certificates from ``votes``: CA@m for m = 0..max level + 1, CSV, plot and summary.json."""
-    from fedshield.certify import certified_accuracy
-
     certificate = ensemble.certify(votes, num_clients=num_clients, seed=seed)
     max_level = max(int(certificate.levels.max(initial=0)), 0)
     ms = np.arange(0, max_level + 2)
@@ -109,7 +121,7 @@ def write_participation(experiment: Experiment, histories: list[list[dict]], pat
     expected = experiment.ensemble.expected_iterations_per_client(
         num_clients=experiment.federation.num_clients,
         num_rounds=experiment.num_rounds,
-        sample_fraction=float(experiment.cfg.sample_fraction),
+        sample_fraction=experiment.settings.sample_fraction,
     )
     return {
         "iterations_per_client_mean": float(values.mean()),
@@ -119,7 +131,59 @@ def write_participation(experiment: Experiment, histories: list[list[dict]], pat
     }
 
 
-def run(cfg: DictConfig, *, engine=None) -> dict:
+def train_jobs(experiment: Experiment, engine: Engine, store: CheckpointStore) -> dict[int, FinishedJob]:
+    """Every job of the experiment, trained or loaded from its checkpoint (resume)."""
+    finished: dict[int, FinishedJob] = {}
+    for job in experiment.jobs:
+        loaded = store.load(job.job_id)
+        if loaded is not None:
+            finished[job.job_id] = FinishedJob(job.job_id, *loaded)
+    if finished:
+        logger.info("resuming: %d of %d jobs already finished", len(finished), len(experiment.jobs))
+    pending = [job for job in experiment.jobs if job.job_id not in finished]
+    with JobProgress(total_jobs=len(experiment.jobs), done=len(finished), rounds=experiment.num_rounds) as progress:
+
+        def on_job_done(result: FinishedJob) -> None:
+            store.save(result.job_id, result.params, result.history)
+            finished[result.job_id] = result
+            progress.job_done()
+
+        if pending:
+            engine.train(experiment, pending, on_job_done=on_job_done, on_progress=progress.round_done)
+    return finished
+
+
+def write_first_job(experiment: Experiment, job: FinishedJob, output_dir: Path, *, rule_name: str) -> None:
+    """metrics.json, final_model.pt and accuracy.png of the first job (the single model)."""
+    write_json(output_dir / "metrics.json", {"job_id": job.job_id, "rounds": job.history})
+    write_torch(output_dir / "final_model.pt", experiment.model_from_params(job.params).state_dict())
+    plot_accuracy(job.history, output_dir / "accuracy.png", title=f"job {job.job_id}: {rule_name}")
+
+
+def run_summary(cfg: DictConfig, experiment: Experiment, engine: Engine, finished: dict[int, FinishedJob]) -> dict:
+    """What summary.json records about the run besides the certificate."""
+    last = finished[min(finished)].history[-1]
+    return {
+        "engine": engine.name,
+        "num_clients": experiment.federation.num_clients,
+        "num_rounds": experiment.num_rounds,
+        "num_malicious": len(experiment.malicious_ids),
+        "attack": OmegaConf.select(cfg, "attack._target_"),
+        "strategy": OmegaConf.select(cfg, "strategy._target_"),
+        "defense": OmegaConf.select(cfg, "defense._target_"),
+        "dataset": OmegaConf.select(cfg, "dataset._target_"),
+        "final_accuracy": last.get("accuracy"),
+        "final_attack_success_rate": last.get("attack_success_rate"),
+        **{
+            key: last[key]
+            for key in ("rejected_clean", "rejected_triggered", "raw_accuracy", "raw_attack_success_rate")
+            if key in last
+        },
+        "rejected_replies": int(sum(r["rejected"] for job in finished.values() for r in job.history)),
+    }
+
+
+def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
     """Run the configured job end to end and write every result file; return the summary."""
     started = time.perf_counter()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB migrations, every run
@@ -131,70 +195,28 @@ def run(cfg: DictConfig, *, engine=None) -> dict:
     store = CheckpointStore(output_dir / "jobs", digest=config_digest(cfg))
     if not bool(cfg.resume):
         store.clear()
-
-    finished: dict[int, tuple[torch.Tensor, list[dict]]] = {}
-    for job in experiment.jobs:
-        loaded = store.load(job.job_id)
-        if loaded is not None:
-            finished[job.job_id] = loaded
-    if finished:
-        logger.info("resuming: %d of %d jobs already finished", len(finished), len(experiment.jobs))
-    pending = [job for job in experiment.jobs if job.job_id not in finished]
-
-    from fedshield.progress import JobProgress
-
     engine = engine if engine is not None else instantiate(cfg.engine)
-    with JobProgress(total_jobs=len(experiment.jobs), done=len(finished), rounds=experiment.num_rounds) as progress:
 
-        def on_job_done(job_id: int, params: torch.Tensor, history: list[dict]) -> None:
-            store.save(job_id, params, history)
-            finished[job_id] = (params, history)
-            progress.job_done()
+    finished = train_jobs(experiment, engine, store)
 
-        if pending:
-            engine.train(experiment, pending, on_job_done=on_job_done, on_progress=progress.round_done)
-
-    cost = write_participation(experiment, [h for _, h in finished.values()], output_dir / "participation.csv")
-    first_job = min(finished)
-    params, history = finished[first_job]
-    write_json(output_dir / "metrics.json", {"job_id": first_job, "rounds": history})
-    write_torch(output_dir / "final_model.pt", model_from_params(experiment, params).state_dict())
-    plot_accuracy(
-        history,
-        output_dir / "accuracy.png",
-        title=f"job {first_job}: {experiment.cfg.strategy._target_.rsplit('.', 1)[-1]}",
-    )
-
-    backdoor = write_backdoor_plot(experiment, params, output_dir / "backdoor.png")
-    predictions = job_predictions(experiment, {job_id: p for job_id, (p, _) in finished.items()})
+    cost = write_participation(experiment, [job.history for job in finished.values()], output_dir / "participation.csv")
+    first = finished[min(finished)]
+    write_first_job(experiment, first, output_dir, rule_name=str(cfg.strategy._target_).rsplit(".", 1)[-1])
+    backdoor = write_backdoor_plot(experiment, first.params, output_dir / "backdoor.png")
+    predictions = job_predictions(experiment, {job_id: job.params for job_id, job in finished.items()})
     write_npy(output_dir / "predictions.npy", predictions)
     votes = votes_from_predictions(predictions, num_labels=experiment.test.num_classes)
     if isinstance(votes, np.ndarray):
         write_npy(output_dir / "votes.npy", votes)
-    last = history[-1]
-    extra = {
-        "engine": getattr(engine, "name", type(engine).__name__),
-        "num_clients": experiment.federation.num_clients,
-        "num_rounds": experiment.num_rounds,
-        "num_malicious": len(experiment.malicious_ids),
-        "attack": OmegaConf.select(cfg, "attack._target_"),
-        "strategy": OmegaConf.select(cfg, "strategy._target_"),
-        "defense": OmegaConf.select(cfg, "defense._target_"),
-        "dataset": OmegaConf.select(cfg, "dataset._target_"),
-        "final_accuracy": last.get("accuracy"),
-        "final_attack_success_rate": last.get("attack_success_rate"),
-        "confidence_roc_auc": None if backdoor is None else backdoor["roc_auc"],
-        **{
-            key: last[key]
-            for key in ("rejected_clean", "rejected_triggered", "raw_accuracy", "raw_attack_success_rate")
-            if key in last
-        },
-        "cost": cost,
-        "rejected_replies": int(sum(r["rejected"] for _, h in finished.values() for r in h)),
-        "wall_time_seconds": time.perf_counter() - started,
-    }
     write_npy(output_dir / "labels.npy", experiment.test.y)
     write_npy(output_dir / "num_labels.npy", np.asarray(experiment.test.num_classes))
+    extra = {
+        "num_jobs": len(experiment.jobs),
+        **run_summary(cfg, experiment, engine, finished),
+        "confidence_roc_auc": None if backdoor is None else backdoor["roc_auc"],
+        "cost": cost,
+        "wall_time_seconds": time.perf_counter() - started,
+    }
     summary = write_certificate_report(
         experiment.ensemble,
         votes,
@@ -202,7 +224,7 @@ def run(cfg: DictConfig, *, engine=None) -> dict:
         output_dir,
         num_clients=experiment.federation.num_clients,
         seed=experiment.seed,
-        extra={"num_jobs": len(experiment.jobs), **extra},
+        extra=extra,
     )
     logger.info("results in %s", output_dir)
     return summary

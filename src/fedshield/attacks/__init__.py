@@ -7,7 +7,10 @@ Model poisoning with full knowledge of the round's updates (``needs_benign_updat
 Update rewriting: :class:`SignFlipAttack`. Data poisoning: :class:`LabelFlipAttack`,
 :class:`BackdoorAttack` (BadNets trigger, model replacement) and
 :class:`DistributedBackdoorAttack` (DBA); :class:`AdaptiveFlipBackdoor` also counters FLIP's
-hardening. Honest baseline: :class:`NoAttack`.
+hardening; :class:`TextBackdoorAttack` is the word-prediction backdoor. The backdoors share
+:class:`BackdoorParameters` and :class:`BoostedBackdoor` (poisoned batches, the attacker's SGD
+budget, model-replacement boosting); :func:`attack_success_rate` is
+:func:`fedshield.task.metrics.attack_success_rate`. Honest baseline: :class:`NoAttack`.
 
 Every class takes ``num_malicious`` and ``schedule`` (a :class:`Schedule` or a mapping of its
 fields) as keyword arguments, so a Hydra node ``_target_: fedshield.attacks.TrimAttack``
@@ -19,7 +22,6 @@ from fedshield.attacks.backdoor import (
     BackdoorAttack,
     DistributedBackdoorAttack,
     PixelPatternTrigger,
-    attack_success_rate,
     poison_batch,
 )
 from fedshield.attacks.base import (
@@ -30,6 +32,7 @@ from fedshield.attacks.base import (
     Schedule,
     as_schedule,
 )
+from fedshield.attacks.boosted import BackdoorParameters, BoostedBackdoor
 from fedshield.attacks.fang import (
     KrumAttack,
     TrimAttack,
@@ -55,6 +58,7 @@ from fedshield.attacks.min_max import (
 from fedshield.attacks.selection import choose_malicious
 from fedshield.attacks.sign_flip import SignFlipAttack, sign_flip_attack
 from fedshield.attacks.text_backdoor import TextBackdoorAttack, text_attack_success_rate
+from fedshield.task.metrics import attack_success_rate
 
 __all__ = [
     "TextBackdoorAttack",
@@ -63,6 +67,8 @@ __all__ = [
     "Attack",
     "AttackError",
     "BackdoorAttack",
+    "BackdoorParameters",
+    "BoostedBackdoor",
     "CraftContext",
     "CraftingAttack",
     "DistributedBackdoorAttack",

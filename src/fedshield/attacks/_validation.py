@@ -18,8 +18,13 @@ def require_integer(name: str, value: object, *, minimum: int) -> int:
 
 def require_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a float if it is finite and > 0 (>= 0 with ``allow_zero``)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
         bound = ">= 0" if allow_zero else "> 0"
         raise AttackError(f"{name} must be a finite number {bound}; got {name}={value!r}")
     return float(value)
@@ -27,14 +32,12 @@ def require_positive(name: str, value: object, *, allow_zero: bool = False) -> f
 
 def check_updates(updates: object, *, name: str = "benign_updates", minimum_rows: int = 1) -> int:
     """Check for a 2-D floating tensor with at least ``minimum_rows`` rows; return its rows."""
-    if not isinstance(updates, torch.Tensor) or updates.ndim != 2:
-        is_tensor = isinstance(updates, torch.Tensor)
-        shape = tuple(updates.shape) if is_tensor else type(updates).__name__
-        raise AttackError(f"{name} must be a 2-D tensor (num_clients, num_params); got {shape}")
+    if not isinstance(updates, torch.Tensor):
+        raise AttackError(f"{name} must be a 2-D tensor (num_clients, num_params); got {type(updates).__name__}")
+    if updates.ndim != 2:
+        raise AttackError(f"{name} must be a 2-D tensor (num_clients, num_params); got {tuple(updates.shape)}")
     if not updates.is_floating_point():
         raise AttackError(f"{name} must have a floating dtype; got dtype={updates.dtype}")
     if updates.shape[0] < minimum_rows:
-        raise AttackError(
-            f"{name} must have at least {minimum_rows} rows; got {updates.shape[0]}"
-        )
+        raise AttackError(f"{name} must have at least {minimum_rows} rows; got {updates.shape[0]}")
     return updates.shape[0]

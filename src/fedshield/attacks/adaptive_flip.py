@@ -3,17 +3,17 @@ r"""A backdoor attacker who knows FLIP and counters its hardening (an adaptive a
 FLIP [Zhang et al., ICLR 2023] hardens the global model on benign clients: each inverts
 Neural Cleanse triggers on the global model it receives and trains copies of its samples
 stamped with them *under their true labels*, which unlearns the shortcut the real trigger
-offers (:mod:`fedshield.client.flip`). The attacker receives the same global model, knows
+offers (:mod:`fedshield.flip.client`). The attacker receives the same global model, knows
 the inversion procedure and its settings, and so can predict what the benign clients will
 harden against.
 
 :class:`AdaptiveFlipBackdoor` does, in each active round, before its local training:
 
 1. **Invert like a FLIP client.** It runs FLIP's warm-up inversion
-   (:func:`~fedshield.client.trigger_inversion.invert_universal`: one trigger that flips a few
+   (:func:`~fedshield.flip.inversion.invert_universal`: one trigger that flips a few
    samples of every other label it holds to its ``target_label``) on the global model with its
    own clean data, ``inversions_per_round`` times (each from a fresh random start), and keeps
-   the triggers FLIP would keep (:func:`~fedshield.client.trigger_inversion.is_plausible`:
+   the triggers FLIP would keep (:func:`~fedshield.flip.inversion.is_plausible`:
    converged, mask at most ``max_mask_fraction`` of the image). On a backdoored model these
    sit on the real trigger: they are the triggers the benign clients find for the target label.
 2. **Counter-harden.** Its batches are the usual backdoor batches (``poison_per_batch`` samples
@@ -34,29 +34,29 @@ settings, control of the malicious clients' training), not taken from FLIP's pap
 ``counter_share=0`` with the same schedule is the plain backdoor, so an experiment can
 separate the two.
 
-The inversion is the benign clients' code (:mod:`fedshield.client.trigger_inversion`), not a
+The inversion is the benign clients' code (:mod:`fedshield.flip.inversion`), not a
 copy, so the attacker's triggers are what a FLIP client with the same data would compute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from fedshield.attacks._validation import require_integer, require_positive
-from fedshield.attacks.backdoor import BackdoorAttack, PixelPatternTrigger
-from fedshield.attacks.base import AttackError, Schedule
-from fedshield.client.adversarial import eligibility, stamp_each
-from fedshield.client.train import BatchTransform
-from fedshield.client.trigger_inversion import (
+from fedshield.attacks.backdoor import BackdoorAttack
+from fedshield.attacks.base import AttackError
+from fedshield.flip.hardening import stamp_eligible
+from fedshield.flip.inversion import (
     InversionConfig,
     InvertedTrigger,
     TriggerInversionError,
     invert_universal,
     is_plausible,
 )
+from fedshield.task.training import BatchTransform
 
 
 def counter_hardening_batch(
@@ -74,27 +74,17 @@ def counter_hardening_batch(
     (and, for a pair trigger, equals its source label: the inputs FLIP would stamp); each gets
     one of its eligible triggers uniformly at random, all drawn from ``generator``. Returns
     ``(cat(x, stamped), cat(y, target))``; the inputs are not modified. This is FLIP's
-    hardening batch (:func:`fedshield.client.adversarial.hardening_transform`) with the
-    attacker's label instead of the true one.
+    hardening batch (:func:`fedshield.flip.hardening.hardening_transform`), with the same
+    draws (:func:`fedshield.flip.hardening.stamp_eligible`), and the attacker's label instead
+    of the true one.
     """
     require_integer("num_stamped", num_stamped, minimum=0)
     if not triggers:
         raise AttackError("counter_hardening_batch needs at least one trigger; got none")
-    allowed = eligibility(triggers, y).cpu()
-    candidates = torch.nonzero(allowed.any(dim=1)).flatten()
-    count = min(num_stamped, len(candidates))
-    if count == 0:
+    chosen, stamped = stamp_eligible(x, y, triggers, count=num_stamped, generator=generator)
+    if len(chosen) == 0:
         return x, y
-    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
-    scores = torch.rand((count, len(triggers)), generator=generator)
-    which = torch.where(allowed[chosen], scores, torch.full_like(scores, -1.0)).argmax(dim=1)
-    masks = torch.stack([trigger.mask for trigger in triggers])[which]
-    patterns = torch.stack([trigger.pattern for trigger in triggers])[which]
-    chosen = chosen.to(x.device)
-    stamped = stamp_each(
-        x[chosen], masks.to(device=x.device, dtype=x.dtype), patterns.to(device=x.device, dtype=x.dtype)
-    )
-    labels = torch.full((count,), target_label, dtype=y.dtype, device=y.device)
+    labels = torch.full((len(chosen),), target_label, dtype=y.dtype, device=y.device)
     return torch.cat([x, stamped]), torch.cat([y, labels])
 
 
@@ -109,15 +99,17 @@ class AdaptiveFlipBackdoor(BackdoorAttack):
     inversions_per_round : int
         Universal inversions to the target label per active round (each from its own random
         start; FLIP's warm-up runs one per target).
-    inversion_steps, inversion_learning_rate, initial_cost, success_threshold : float
-        Budget of each inversion (:class:`~fedshield.client.trigger_inversion.InversionConfig`);
+    inversion_steps, inversion_learning_rate, initial_cost, min_inversion_success : float
+        Budget of each inversion (:class:`~fedshield.flip.inversion.InversionConfig`);
         ``conf/attack/adaptive_flip.yaml`` copies them from the run's FLIP settings.
     samples_per_label : int
         Samples of each other label used per inversion (FLIP's warm-up: 5).
     max_mask_fraction : float
         Triggers with a larger mask are dropped, as FLIP drops them.
 
-    The other parameters are those of :class:`~fedshield.attacks.backdoor.BackdoorAttack`.
+    **backdoor
+        The trigger and :class:`~fedshield.attacks.boosted.BackdoorParameters` of
+        :class:`~fedshield.attacks.backdoor.BackdoorAttack`.
     """
 
     name = "adaptive_flip"
@@ -125,35 +117,17 @@ class AdaptiveFlipBackdoor(BackdoorAttack):
     def __init__(
         self,
         *,
-        num_malicious: int = 0,
-        schedule: Schedule | Mapping[str, object] | None = None,
-        target_label: int = 0,
-        poison_per_batch: int = 20,
-        scale: float | None = 1.0,
-        trigger: PixelPatternTrigger | Mapping[str, object] | None = None,
-        server_learning_rate: float = 1.0,
-        local_steps: int | None = None,
-        learning_rate: float | None = None,
         counter_share: float = 0.3,
         inversions_per_round: int = 1,
         inversion_steps: int = 50,
         inversion_learning_rate: float = 0.1,
         initial_cost: float = 1e-3,
-        success_threshold: float = 0.9,
+        min_inversion_success: float = 0.9,
         samples_per_label: int = 5,
         max_mask_fraction: float = 0.15,
+        **backdoor: Any,
     ) -> None:
-        super().__init__(
-            num_malicious=num_malicious,
-            schedule=schedule,
-            target_label=target_label,
-            poison_per_batch=poison_per_batch,
-            scale=scale,
-            trigger=trigger,
-            server_learning_rate=server_learning_rate,
-            local_steps=local_steps,
-            learning_rate=learning_rate,
-        )
+        super().__init__(**backdoor)
         self.counter_share = require_positive("attack.counter_share", counter_share, allow_zero=True)
         if self.counter_share > 1:
             raise AttackError(f"attack.counter_share must be in [0, 1]; got {counter_share}")
@@ -168,7 +142,7 @@ class AdaptiveFlipBackdoor(BackdoorAttack):
                 steps=inversion_steps,
                 learning_rate=inversion_learning_rate,
                 initial_cost=initial_cost,
-                success_threshold=success_threshold,
+                min_success=min_inversion_success,
             )
         except TriggerInversionError as error:
             raise AttackError(f"attack.{error}") from error
@@ -182,16 +156,14 @@ class AdaptiveFlipBackdoor(BackdoorAttack):
         trigger); empty when the client holds no other label or no inversion is plausible.
         """
         if x.ndim != 4:
-            raise AttackError(
-                f"{self.name} inverts image triggers and needs inputs (N, C, H, W); got {tuple(x.shape)}"
-            )
+            raise AttackError(f"{self.name} inverts image triggers and needs inputs (N, C, H, W); got {tuple(x.shape)}")
         triggers = []
         for _ in range(self.inversions_per_round):
             trigger = invert_universal(
                 model,
                 x,
                 y,
-                target=self.target_label,
+                target=self.parameters.target_label,
                 generator=generator,
                 config=self.inversion,
                 samples_per_label=self.samples_per_label,
@@ -220,7 +192,7 @@ class AdaptiveFlipBackdoor(BackdoorAttack):
         triggers = self.invert(model, x, y, generator=generator)
         if not triggers:
             return poison
-        target_label, share = self.target_label, self.counter_share
+        target_label, share = self.parameters.target_label, self.counter_share
 
         def transform(
             batch_x: torch.Tensor, batch_y: torch.Tensor, batch_generator: torch.Generator

@@ -14,8 +14,10 @@ r"""Backdoor attacks: a pixel-pattern trigger, model replacement, and the distri
   triggers; the malicious client of rank :math:`r` among *all* malicious clients trains with
   local trigger :math:`r \bmod K`, while the attack is evaluated with the global trigger
   [Xie et al., 2020, Section 2].
-* :func:`attack_success_rate`: the fraction of triggered test inputs whose true label is not
-  the target that the model classifies as the target.
+
+The parameters, batch poisoning, SGD budget and boost are :mod:`fedshield.attacks.boosted`'s,
+shared with the word backdoor. The attack success rate is
+:func:`fedshield.task.metrics.attack_success_rate` (also exported by :mod:`fedshield.attacks`).
 
 Gu, Dolan-Gavitt, Garg. "BadNets: Identifying Vulnerabilities in the Machine Learning Model
 Supply Chain." 2017. https://arxiv.org/abs/1708.06733
@@ -30,13 +32,14 @@ Xie, Huang, Chen, Li. "DBA: Distributed Backdoor Attacks against Federated Learn
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedshield.attacks._validation import require_integer, require_positive
-from fedshield.attacks.base import Attack, AttackError, Schedule
-from fedshield.client.train import BatchTransform
+from fedshield.attacks._validation import require_integer
+from fedshield.attacks.base import AttackError
+from fedshield.attacks.boosted import BackdoorParameters, BoostedBackdoor, Stamp, poison_with_stamp
 
 NAMED_PATTERNS = ("checker", "square", "plus")
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
@@ -208,10 +211,12 @@ def as_trigger(trigger: PixelPatternTrigger | Mapping[str, object] | None) -> Pi
     if isinstance(trigger, PixelPatternTrigger):
         return trigger
     if isinstance(trigger, Mapping):
-        arguments = {str(key): value for key, value in trigger.items() if key != "_target_"}
-        if isinstance(arguments.get("pattern"), Sequence) and not isinstance(arguments["pattern"], str):
-            arguments["pattern"] = [list(row) for row in arguments["pattern"]]  # type: ignore[union-attr]
-        return PixelPatternTrigger(**arguments)  # type: ignore[arg-type]
+        # Values as Hydra passes them; PixelPatternTrigger checks each.
+        arguments: dict[str, Any] = {str(key): value for key, value in trigger.items() if key != "_target_"}
+        pattern = arguments.get("pattern")
+        if isinstance(pattern, Sequence) and not isinstance(pattern, str):
+            arguments["pattern"] = [list(row) for row in pattern]
+        return PixelPatternTrigger(**arguments)
     raise AttackError(f"attack.trigger must be a PixelPatternTrigger, a mapping or null; got {type(trigger).__name__}")
 
 
@@ -227,95 +232,26 @@ def poison_batch(
     """Replace ``min(num_poisoned, len(y))`` samples, chosen with ``generator``, by stamped
     copies labelled ``target_label``; the other samples are returned unchanged.
 
-    The inputs are not modified. The choice is ``torch.randperm(len(y), generator)`` cut to
-    the first ``num_poisoned`` positions.
+    :func:`~fedshield.attacks.boosted.poison_with_stamp` with ``trigger.stamp``: the inputs are
+    not modified, and the choice is ``torch.randperm(len(y), generator)`` cut to the first
+    ``num_poisoned`` positions.
     """
-    count = min(require_integer("num_poisoned", num_poisoned, minimum=0), len(y))
-    chosen = torch.randperm(len(y), generator=generator)[:count].to(y.device)
-    poisoned_x = x.clone()
-    poisoned_y = y.clone()
-    poisoned_x[chosen] = trigger.stamp(x[chosen])
-    poisoned_y[chosen] = target_label
-    return poisoned_x, poisoned_y
+    return poison_with_stamp(
+        x, y, stamp=trigger.stamp, target_label=target_label, num_poisoned=num_poisoned, generator=generator
+    )
 
 
-def attack_success_rate(
-    predictions: torch.Tensor | np.ndarray,
-    true_labels: torch.Tensor | np.ndarray,
-    *,
-    target_label: int,
-) -> float:
-    r"""Fraction of triggered inputs whose true label is not the target that are predicted as it.
-
-    .. math::
-
-        \mathrm{ASR} = \frac{|\{i : y_i \ne t,\ \hat{y}_i = t\}|}{|\{i : y_i \ne t\}|}
-
-    Inputs whose true label already is the target :math:`t` are excluded: classifying them as
-    :math:`t` is no success of the attack.
-
-    Parameters
-    ----------
-    predictions : Tensor or ndarray
-        Predicted labels, shape ``(N,)``, or logits / scores, shape ``(N, num_classes)``
-        (then the arg max is the prediction), on the *triggered* inputs.
-    true_labels : Tensor or ndarray
-        True labels, shape ``(N,)``.
-    target_label : int
-        The attacker's target :math:`t`.
-
-    Raises
-    ------
-    AttackError
-        If the shapes disagree or no input has a true label other than ``target_label``.
-    """
-
-    def to_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
-        if isinstance(values, torch.Tensor):
-            return values.detach().cpu().numpy()
-        return np.asarray(values)
-
-    predicted = to_numpy(predictions)
-    labels = to_numpy(true_labels)
-    if predicted.ndim == 2:
-        predicted = predicted.argmax(axis=1)
-    if predicted.ndim != 1 or predicted.shape != labels.shape:
-        raise AttackError(
-            "predictions must have shape (N,) or (N, num_classes) matching true_labels (N,); "
-            f"got {to_numpy(predictions).shape} and {labels.shape}"
-        )
-    eligible = labels != target_label
-    if not eligible.any():
-        raise AttackError(
-            f"attack_success_rate needs an input whose true label is not target_label="
-            f"{target_label}; got {len(labels)} inputs, all of the target label"
-        )
-    return float(np.mean(predicted[eligible] == target_label))
-
-
-class BackdoorAttack(Attack):
+class BackdoorAttack(BoostedBackdoor):
     """Pixel-pattern backdoor with optional model-replacement boosting.
 
     Parameters
     ----------
-    num_malicious : int
-        Malicious clients in the federation.
-    schedule : Schedule or mapping
-        Rounds in which the attack is active: ``rounds: [r]`` for single-shot model
-        replacement, ``start_round``/``end_round`` for a continuous backdoor.
-    target_label : int
-        The attacker's target label (FLCert: 0 on MNIST; FLIP: 2).
-    poison_per_batch : int
-        Samples of each local batch replaced by stamped, relabelled copies (FLIP: 20 of 64);
-        a smaller batch is poisoned entirely.
-    scale : float or None
-        Boost :math:`\\gamma` of the trained update in active rounds (1: none). None uses
-        Bagdasaryan et al.'s :math:`\\gamma = n / \\eta` with :math:`n` the number of clients
-        sampled in the round and :math:`\\eta` = ``server_learning_rate``.
     trigger : PixelPatternTrigger or mapping or None
         The trigger (None: the default 3x3 checker in the bottom-right corner, margin 1).
-    server_learning_rate : float
-        :math:`\\eta` for ``scale=None`` (1: the server adds the mean update).
+    **parameters
+        The fields of :class:`~fedshield.attacks.boosted.BackdoorParameters`: ``num_malicious``,
+        ``schedule``, ``target_label``, ``poison_per_batch``, ``scale``,
+        ``server_learning_rate``, ``local_steps``, ``learning_rate``.
     """
 
     name = "backdoor"
@@ -323,68 +259,15 @@ class BackdoorAttack(Attack):
     def __init__(
         self,
         *,
-        num_malicious: int = 0,
-        schedule: Schedule | Mapping[str, object] | None = None,
-        target_label: int = 0,
-        poison_per_batch: int = 20,
-        scale: float | None = 1.0,
         trigger: PixelPatternTrigger | Mapping[str, object] | None = None,
-        server_learning_rate: float = 1.0,
-        local_steps: int | None = None,
-        learning_rate: float | None = None,
+        **parameters: Any,
     ) -> None:
-        super().__init__(num_malicious=num_malicious, schedule=schedule)
-        # The attacker runs its own SGD budget (Bagdasaryan et al. train the backdoor longer).
-        self.local_steps = (
-            None if local_steps is None else require_integer("attack.local_steps", local_steps, minimum=1)
-        )
-        self.learning_rate = None if learning_rate is None else require_positive("attack.learning_rate", learning_rate)
-        self.target_label = require_integer("attack.target_label", target_label, minimum=0)
-        self.poison_per_batch = require_integer("attack.poison_per_batch", poison_per_batch, minimum=1)
-        self.scale = None if scale is None else require_positive("attack.scale", scale)
+        super().__init__(BackdoorParameters.from_keywords(parameters))
         self.trigger = as_trigger(trigger)
-        self.server_learning_rate = require_positive("attack.server_learning_rate", server_learning_rate)
 
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the trigger to test inputs (for the attack-success measurement)."""
         return self.trigger.stamp(x)
-
-    def boost(self, *, num_sampled: int) -> float:
-        """The factor :math:`\\gamma` applied to the update in an active round."""
-        if self.scale is not None:
-            return self.scale
-        require_integer("num_sampled", num_sampled, minimum=1)
-        return num_sampled / self.server_learning_rate
-
-    def _training_trigger(self) -> PixelPatternTrigger:
-        return self.trigger
-
-    def training_transform(self, *, server_round: int) -> BatchTransform | None:
-        if not self.is_active(server_round):
-            return None
-        trigger = self._training_trigger()
-        target_label, num_poisoned = self.target_label, self.poison_per_batch
-
-        def transform(
-            x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            return poison_batch(
-                x,
-                y,
-                trigger=trigger,
-                target_label=target_label,
-                num_poisoned=num_poisoned,
-                generator=generator,
-            )
-
-        return transform
-
-    def post_process(self, update: torch.Tensor, *, server_round: int, num_sampled: int) -> torch.Tensor:
-        """Multiply the update by :meth:`boost` in active rounds (model replacement)."""
-        if not self.is_active(server_round):
-            return update
-        factor = self.boost(num_sampled=num_sampled)
-        return update if factor == 1.0 else update * factor
 
 
 class DistributedBackdoorAttack(BackdoorAttack):
@@ -403,8 +286,8 @@ class DistributedBackdoorAttack(BackdoorAttack):
     trigger : PixelPatternTrigger or mapping or None
         The global trigger (None: a 4x4 white square in the bottom-right corner, margin 1,
         whose parts are four 1x4 stripes).
-
-    The other parameters are those of :class:`BackdoorAttack`.
+    **parameters
+        As for :class:`BackdoorAttack`; every client of the attack trains with them.
     """
 
     name = "dba"
@@ -412,30 +295,13 @@ class DistributedBackdoorAttack(BackdoorAttack):
     def __init__(
         self,
         *,
-        num_malicious: int = 0,
-        schedule: Schedule | Mapping[str, object] | None = None,
-        target_label: int = 0,
-        poison_per_batch: int = 20,
-        scale: float | None = 1.0,
-        trigger: PixelPatternTrigger | Mapping[str, object] | None = None,
-        server_learning_rate: float = 1.0,
         num_parts: int = 4,
-        local_steps: int | None = None,
-        learning_rate: float | None = None,
+        trigger: PixelPatternTrigger | Mapping[str, object] | None = None,
+        **parameters: Any,
     ) -> None:
         if trigger is None:
             trigger = PixelPatternTrigger(pattern="square", size=4)
-        super().__init__(
-            num_malicious=num_malicious,
-            schedule=schedule,
-            target_label=target_label,
-            poison_per_batch=poison_per_batch,
-            scale=scale,
-            trigger=trigger,
-            server_learning_rate=server_learning_rate,
-            local_steps=local_steps,
-            learning_rate=learning_rate,
-        )
+        super().__init__(trigger=trigger, **parameters)
         self.num_parts = num_parts
         self.local_triggers = self.trigger.split(num_parts)
 
@@ -455,20 +321,14 @@ class DistributedBackdoorAttack(BackdoorAttack):
     def for_client(self, user_id: int, malicious_ids: Collection[int]) -> BackdoorAttack:
         """A :class:`BackdoorAttack` training with this client's local trigger.
 
-        Same schedule, target, poisoning rate and boost; its ``stamp`` is the local trigger, so
-        measure attack success with the :class:`DistributedBackdoorAttack` itself.
+        Every other parameter is this attack's (schedule, target, poisoning rate, boost and the
+        attacker's SGD budget); its ``stamp`` is the local trigger, so measure attack success
+        with the :class:`DistributedBackdoorAttack` itself.
         """
-        return BackdoorAttack(
-            num_malicious=self.num_malicious,
-            schedule=self.schedule,
-            target_label=self.target_label,
-            poison_per_batch=self.poison_per_batch,
-            scale=self.scale,
-            trigger=self.local_triggers[self.local_trigger_index(user_id, malicious_ids)],
-            server_learning_rate=self.server_learning_rate,
-        )
+        local = self.local_triggers[self.local_trigger_index(user_id, malicious_ids)]
+        return BackdoorAttack(trigger=local, **self.parameters.keywords())
 
-    def _training_trigger(self) -> PixelPatternTrigger:
+    def training_stamp(self) -> Stamp:
         raise RuntimeError(
             "DistributedBackdoorAttack trains each client with its own part of the trigger: "
             "call for_client(user_id, malicious_ids) and use the returned attack's hooks"

@@ -23,14 +23,14 @@ schedule themselves and act as an honest client in inactive rounds.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from fedshield.client.train import BatchTransform, LocalTrainingConfig
+from fedshield.task.training import BatchTransform, LocalTrainingConfig
 
 
 class AttackError(ValueError):
@@ -57,24 +57,20 @@ class Schedule:
             raise AttackError(f"attack.schedule.start_round must be >= 1; got {self.start_round}")
         if self.end_round is not None and self.end_round < self.start_round:
             raise AttackError(
-                f"attack.schedule.end_round must be >= start_round={self.start_round} or null; "
-                f"got {self.end_round}"
+                f"attack.schedule.end_round must be >= start_round={self.start_round} or null; got {self.end_round}"
             )
         if self.rounds is not None:
             rounds = tuple(sorted({int(r) for r in self.rounds}))
             if not rounds or rounds[0] < 1:
                 raise AttackError(
-                    "attack.schedule.rounds must be a non-empty list of rounds >= 1 or null; "
-                    f"got {list(self.rounds)}"
+                    f"attack.schedule.rounds must be a non-empty list of rounds >= 1 or null; got {list(self.rounds)}"
                 )
             object.__setattr__(self, "rounds", rounds)
 
     def is_active(self, server_round: int) -> bool:
         if self.rounds is not None:
             return server_round in self.rounds
-        return server_round >= self.start_round and (
-            self.end_round is None or server_round <= self.end_round
-        )
+        return server_round >= self.start_round and (self.end_round is None or server_round <= self.end_round)
 
 
 def as_schedule(schedule: Schedule | Mapping[str, object] | None) -> Schedule:
@@ -93,10 +89,10 @@ def as_schedule(schedule: Schedule | Mapping[str, object] | None) -> Schedule:
                 "attack.schedule takes the keys start_round, end_round, rounds; "
                 f"got unknown keys {sorted(map(str, unknown))}"
             )
-        return Schedule(**{str(key): value for key, value in schedule.items()})  # type: ignore[arg-type]
-    raise AttackError(
-        f"attack.schedule must be a Schedule, a mapping or null; got {type(schedule).__name__}"
-    )
+        # Values as Hydra passes them; Schedule checks each.
+        fields: dict[str, Any] = {str(key): value for key, value in schedule.items()}
+        return Schedule(**fields)
+    raise AttackError(f"attack.schedule must be a Schedule, a mapping or null; got {type(schedule).__name__}")
 
 
 @dataclass(frozen=True)
@@ -174,9 +170,7 @@ class Attack(ABC):  # noqa: B024 - an honest client unless a hook is overridden
     ) -> None:
         integer = isinstance(num_malicious, int) and not isinstance(num_malicious, bool)
         if not integer or num_malicious < 0:
-            raise AttackError(
-                f"attack.num_malicious must be an integer >= 0; got {num_malicious!r}"
-            )
+            raise AttackError(f"attack.num_malicious must be an integer >= 0; got {num_malicious!r}")
         self.num_malicious = num_malicious
         self.schedule = as_schedule(schedule)
 
@@ -184,11 +178,12 @@ class Attack(ABC):  # noqa: B024 - an honest client unless a hook is overridden
         return self.num_malicious > 0 and self.schedule.is_active(server_round)
 
     def training_config(self, base: LocalTrainingConfig) -> LocalTrainingConfig:
-        """The SGD budget a malicious client trains with: ``base`` with the attack's own
-        ``local_steps`` / ``learning_rate`` where it sets them (attributes, None = honest)."""
-        fields = ("local_steps", "learning_rate")
-        changes = {name: getattr(self, name) for name in fields if getattr(self, name, None) is not None}
-        return dataclasses.replace(base, **changes) if changes else base
+        """The SGD budget a malicious client trains with: the honest ``base`` by default.
+
+        :class:`~fedshield.attacks.boosted.BoostedBackdoor` applies the attacker's own
+        ``local_steps`` / ``learning_rate``.
+        """
+        return base
 
     def training_transform(self, *, server_round: int) -> BatchTransform | None:
         """Batch poisoning for local training; None trains on clean batches."""
@@ -222,9 +217,7 @@ class Attack(ABC):  # noqa: B024 - an honest client unless a hook is overridden
         """
         return self
 
-    def post_process(
-        self, update: torch.Tensor, *, server_round: int, num_sampled: int
-    ) -> torch.Tensor:
+    def post_process(self, update: torch.Tensor, *, server_round: int, num_sampled: int) -> torch.Tensor:
         """Rewrite the trained update (e.g. scale it); identity by default."""
         return update
 
@@ -232,8 +225,11 @@ class Attack(ABC):  # noqa: B024 - an honest client unless a hook is overridden
         """Full-knowledge model poisoning: the update ``context.own_id`` sends."""
         raise NotImplementedError(f"{self.name} does not craft updates")
 
-    # Backdoor attacks override these two so the server can measure attack success.
+    # Backdoor attacks override these so the server can measure attack success.
     target_label: int | None = None
+    # Image backdoors leave inputs of the target label out of the success rate; the word
+    # backdoor counts every trigger sentence.
+    success_rate_excludes_target: bool = True
 
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the attack's trigger to test inputs (backdoor attacks only)."""

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from fedshield.attacks._validation import check_updates, require_integer, require_positive
 from fedshield.attacks.base import AttackError, CraftContext, CraftingAttack, Schedule
+from fedshield.rules.krum import krum_scores, pairwise_squared_distances, squared_distances_to
 
 # ---------------------------------------------------------------------------------------------
 # Shared pieces
@@ -61,15 +62,6 @@ def change_direction(updates: Tensor) -> Tensor:
     """
     check_updates(updates, name="direction_updates")
     return torch.sign(updates.to(torch.float64).mean(dim=0)).to(updates.dtype)
-
-
-def _squared_distances_to(points: Tensor, point: Tensor) -> Tensor:
-    return (points - point).square().sum(dim=1)
-
-
-def _pairwise_squared_distances(points: Tensor) -> Tensor:
-    """``(n, n)`` matrix of squared distances, each a sum of squares (>= 0, exact 0 diagonal)."""
-    return torch.stack([_squared_distances_to(points, point) for point in points])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,10 +111,10 @@ def krum_attack_upper_bound(benign_updates: Tensor, *, num_malicious: int) -> fl
     num_clients = num_benign + num_malicious
     root_dimension = math.sqrt(benign_updates.shape[1])
     points = benign_updates.detach().to(device="cpu", dtype=torch.float64)
-    distances = _pairwise_squared_distances(points).sqrt()
-    distances.fill_diagonal_(float("inf"))
-    nearest = torch.sort(distances, dim=1).values[:, : num_clients - num_malicious - 2]
-    spread = nearest.sum(dim=1).min() / ((num_clients - 2 * num_malicious - 1) * root_dimension)
+    # Krum's neighbour sum over Euclidean (not squared) distances: the sum in Eq. (3).
+    distances = pairwise_squared_distances(points).sqrt()
+    neighbour_sums = krum_scores(distances, num_neighbours=num_clients - num_malicious - 2)
+    spread = neighbour_sums.min() / ((num_clients - 2 * num_malicious - 1) * root_dimension)
     farthest = points.norm(dim=1).max() / root_dimension
     return float(spread + farthest)
 
@@ -130,31 +122,33 @@ def krum_attack_upper_bound(benign_updates: Tensor, *, num_malicious: int) -> fl
 def _krum_selects_first_block(
     crafted: Tensor, benign_squared_distances: Tensor, benign: Tensor, *, num_malicious: int
 ) -> bool:
-    """Does Krum (f = c) on [c copies of ``crafted``; benign] select one of the copies?"""
+    """Does Krum (f = c) on [c copies of ``crafted``; benign] select one of the copies?
+
+    The server's Krum (:func:`fedshield.rules.krum.krum`): :func:`krum_scores` of the
+    squared distances, lowest score selected, ties to the lowest index, i.e. to a crafted copy.
+    Only the crafted column is new in each step of the search; the benign block,
+    ``benign_squared_distances``, is :func:`pairwise_squared_distances` of ``benign``.
+    """
     num_benign = benign.shape[0]
     size = num_malicious + num_benign
     distances = torch.zeros((size, size), dtype=torch.float64)
-    to_benign = _squared_distances_to(benign, crafted)
+    # The crafted column of pairwise_squared_distances([copies; benign]), the same sums of
+    # squared differences, without recomputing the benign block in every halving step; the
+    # copies are at distance 0 from each other.
+    to_benign = squared_distances_to(benign, crafted)
     distances[:num_malicious, num_malicious:] = to_benign
     distances[num_malicious:, :num_malicious] = to_benign[:, None]
     distances[num_malicious:, num_malicious:] = benign_squared_distances
-    distances.fill_diagonal_(float("inf"))
-    nearest = torch.sort(distances, dim=1).values[:, : size - num_malicious - 2]
-    scores = nearest.sum(dim=1)
-    # Ties go to the lowest index, as in fedshield.strategies.krum, i.e. to a crafted copy.
+    scores = krum_scores(distances, num_neighbours=size - num_malicious - 2)
     return int(torch.argmin(scores)) < num_malicious
 
 
-def _ball_samples(
-    center: Tensor, *, count: int, radius: float, generator: torch.Generator
-) -> Tensor:
+def _ball_samples(center: Tensor, *, count: int, radius: float, generator: torch.Generator) -> Tensor:
     """``count`` points drawn uniformly from the closed Euclidean ball around ``center``."""
     dimension = center.shape[0]
     directions = torch.randn((count, dimension), generator=generator, dtype=torch.float64)
     directions /= directions.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    radii = radius * torch.rand((count, 1), generator=generator, dtype=torch.float64) ** (
-        1.0 / dimension
-    )
+    radii = radius * torch.rand((count, 1), generator=generator, dtype=torch.float64) ** (1.0 / dimension)
     return center.to(torch.float64) + radii * directions
 
 
@@ -163,15 +157,15 @@ def krum_attack_lambda(
     *,
     num_malicious: int,
     direction_updates: Tensor | None = None,
-    threshold: float = 1e-5,
+    min_lambda: float = 1e-5,
 ) -> float:
     r"""The :math:`\lambda` of the attack on Krum [Fang et al., 2020, Section 3.3].
 
     Starts at :func:`krum_attack_upper_bound` and halves :math:`\lambda` until Krum with
     :math:`f = c`, run on :math:`c` copies of :math:`-\lambda s` and the benign updates,
-    selects a crafted copy, or :math:`\lambda` falls below ``threshold`` (the paper's
-    :math:`\epsilon = 10^{-5}`). If no :math:`\lambda \ge` ``threshold`` succeeds, the last
-    halved value (below ``threshold``) is returned, where the paper's search stops.
+    selects a crafted copy, or :math:`\lambda` falls below ``min_lambda`` (the paper's
+    :math:`\epsilon = 10^{-5}`). If no :math:`\lambda \ge` ``min_lambda`` succeeds, the last
+    halved value (below ``min_lambda``) is returned, where the paper's search stops.
 
     Parameters
     ----------
@@ -182,26 +176,21 @@ def krum_attack_lambda(
     direction_updates : Tensor or None
         Updates whose mean's sign is :math:`s` (:func:`change_direction`); default
         ``benign_updates``.
-    threshold : float
+    min_lambda : float
         :math:`\epsilon > 0`.
     """
     upper = krum_attack_upper_bound(benign_updates, num_malicious=num_malicious)
-    threshold = require_positive("threshold", threshold)
-    direction = change_direction(
-        benign_updates if direction_updates is None else direction_updates
-    ).to(device="cpu", dtype=torch.float64)
+    min_lambda = require_positive("min_lambda", min_lambda)
+    direction = change_direction(benign_updates if direction_updates is None else direction_updates).to(
+        device="cpu", dtype=torch.float64
+    )
     if direction.shape[0] != benign_updates.shape[1]:
-        raise AttackError(
-            f"direction_updates must have {benign_updates.shape[1]} columns; "
-            f"got {direction.shape[0]}"
-        )
+        raise AttackError(f"direction_updates must have {benign_updates.shape[1]} columns; got {direction.shape[0]}")
     benign = benign_updates.detach().to(device="cpu", dtype=torch.float64)
-    benign_squared_distances = _pairwise_squared_distances(benign)
+    benign_squared_distances = pairwise_squared_distances(benign)
     scale = upper
-    while scale >= threshold:
-        if _krum_selects_first_block(
-            -scale * direction, benign_squared_distances, benign, num_malicious=num_malicious
-        ):
+    while scale >= min_lambda:
+        if _krum_selects_first_block(-scale * direction, benign_squared_distances, benign, num_malicious=num_malicious):
             return scale
         scale /= 2
     return scale
@@ -212,7 +201,7 @@ def krum_attack(
     *,
     num_malicious: int,
     direction_updates: Tensor | None = None,
-    threshold: float = 1e-5,
+    min_lambda: float = 1e-5,
     perturbation_radius: float = 1e-5,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -234,7 +223,7 @@ def krum_attack(
     direction_updates : Tensor or None
         Updates defining :math:`s` (all before-attack updates under full knowledge); default
         ``benign_updates``.
-    threshold : float
+    min_lambda : float
         :math:`\epsilon`: the search for :math:`\lambda` stops below it.
     perturbation_radius : float
         Radius (>= 0) of the ball around :math:`u'_1` the other crafted updates come from.
@@ -256,16 +245,15 @@ def krum_attack(
         benign_updates,
         num_malicious=num_malicious,
         direction_updates=direction_updates,
-        threshold=threshold,
+        min_lambda=min_lambda,
     )
-    direction = change_direction(
-        benign_updates if direction_updates is None else direction_updates
-    ).to(device="cpu", dtype=torch.float64)
+    direction = change_direction(benign_updates if direction_updates is None else direction_updates).to(
+        device="cpu", dtype=torch.float64
+    )
     first = -scale * direction
     crafted = first.expand(num_malicious, -1).clone()
     if generator is not None and num_malicious > 1 and radius > 0:
-        crafted[1:] = _ball_samples(first, count=num_malicious - 1, radius=radius,
-                                    generator=generator)
+        crafted[1:] = _ball_samples(first, count=num_malicious - 1, radius=radius, generator=generator)
     return crafted.to(device=benign_updates.device, dtype=benign_updates.dtype)
 
 
@@ -322,21 +310,18 @@ def trim_attack(
     if factor <= 1:
         raise AttackError(f"bound_factor must be > 1; got bound_factor={bound_factor!r}")
     benign = benign_updates.detach().to(device="cpu", dtype=torch.float64)
-    direction = change_direction(
-        benign_updates if direction_updates is None else direction_updates
-    ).to(device="cpu", dtype=torch.float64)
+    direction = change_direction(benign_updates if direction_updates is None else direction_updates).to(
+        device="cpu", dtype=torch.float64
+    )
     if direction.shape[0] != benign.shape[1]:
-        raise AttackError(
-            f"direction_updates must have {benign.shape[1]} columns; got {direction.shape[0]}"
-        )
+        raise AttackError(f"direction_updates must have {benign.shape[1]} columns; got {direction.shape[0]}")
     decreasing = direction < 0
     edge = torch.where(decreasing, benign.max(dim=0).values, benign.min(dim=0).values)
     # Moving away from the benign values means multiplying by b on the side whose sign the
     # edge has ("above a positive maximum", "below a negative minimum"), else dividing by b.
     other = torch.where(decreasing == (edge > 0), factor * edge, edge / factor)
     low, high = torch.minimum(edge, other), torch.maximum(edge, other)
-    uniform = torch.rand((num_malicious, benign.shape[1]), generator=generator,
-                         dtype=torch.float64)
+    uniform = torch.rand((num_malicious, benign.shape[1]), generator=generator, dtype=torch.float64)
     crafted = low + (high - low) * uniform
     return crafted.to(device=benign_updates.device, dtype=benign_updates.dtype)
 
@@ -354,9 +339,7 @@ def _check_weights(name: str, weights: Tensor, *, length: int) -> Tensor:
     return weights
 
 
-def zero_update_attack(
-    benign_updates: Tensor, *, benign_weights: Tensor, malicious_weights: Tensor
-) -> Tensor:
+def zero_update_attack(benign_updates: Tensor, *, benign_weights: Tensor, malicious_weights: Tensor) -> Tensor:
     r"""Crafted updates that make FedAvg's weighted mean exactly zero.
 
     With benign updates :math:`u_b`, weights :math:`w_b` and malicious weights :math:`w_m`,
@@ -389,14 +372,10 @@ def zero_update_attack(
             "malicious_weights must have shape (num_malicious,) with num_malicious >= 1; "
             f"got {tuple(malicious_weights.shape)}"
         )
-    malicious_weights = _check_weights(
-        "malicious_weights", malicious_weights, length=len(malicious_weights)
-    )
+    malicious_weights = _check_weights("malicious_weights", malicious_weights, length=len(malicious_weights))
     malicious_total = malicious_weights.sum()
     if not malicious_total > 0:
-        raise AttackError(
-            f"malicious_weights must sum to > 0; got sum={float(malicious_total)}"
-        )
+        raise AttackError(f"malicious_weights must sum to > 0; got sum={float(malicious_total)}")
     benign = benign_updates.to(torch.float64)
     weighted_sum = (benign * benign_weights.to(benign.device)[:, None]).sum(dim=0)
     crafted = -weighted_sum / malicious_total.to(benign.device)
@@ -420,7 +399,7 @@ class KrumAttack(CraftingAttack):
         Malicious clients in the federation.
     schedule : Schedule or mapping
         Rounds in which the attack is active.
-    threshold : float
+    min_lambda : float
         :math:`\\epsilon` of the search for :math:`\\lambda` (paper: 1e-5).
     perturbation_radius : float
         Distance within which the other :math:`c - 1` crafted updates are drawn.
@@ -433,21 +412,19 @@ class KrumAttack(CraftingAttack):
         *,
         num_malicious: int = 0,
         schedule: Schedule | Mapping[str, object] | None = None,
-        threshold: float = 1e-5,
+        min_lambda: float = 1e-5,
         perturbation_radius: float = 1e-5,
     ) -> None:
         super().__init__(num_malicious=num_malicious, schedule=schedule)
-        self.threshold = require_positive("attack.threshold", threshold)
-        self.perturbation_radius = require_positive(
-            "attack.perturbation_radius", perturbation_radius, allow_zero=True
-        )
+        self.min_lambda = require_positive("attack.min_lambda", min_lambda)
+        self.perturbation_radius = require_positive("attack.perturbation_radius", perturbation_radius, allow_zero=True)
 
     def craft_all(self, context: CraftContext) -> Tensor:
         return krum_attack(
             context.benign_rows,
             num_malicious=len(context.malicious_ids),
             direction_updates=context.updates,
-            threshold=self.threshold,
+            min_lambda=self.min_lambda,
             perturbation_radius=self.perturbation_radius,
             generator=context.generator,
         )

@@ -74,6 +74,4 @@ class IPMAttack(CraftingAttack):
         self.epsilon = require_positive("attack.epsilon", epsilon)
 
     def craft_all(self, context: CraftContext) -> Tensor:
-        return ipm_attack(
-            context.benign_rows, num_malicious=len(context.malicious_ids), epsilon=self.epsilon
-        )
+        return ipm_attack(context.benign_rows, num_malicious=len(context.malicious_ids), epsilon=self.epsilon)

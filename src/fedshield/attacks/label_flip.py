@@ -13,7 +13,7 @@ import torch
 
 from fedshield.attacks._validation import require_integer
 from fedshield.attacks.base import Attack, AttackError, Schedule
-from fedshield.client.train import BatchTransform
+from fedshield.task.training import BatchTransform
 
 
 def flip_labels(labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
@@ -27,8 +27,7 @@ def flip_labels(labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
     require_integer("num_classes", num_classes, minimum=2)
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise AttackError(
-            f"labels must lie in [0, num_classes={num_classes}); "
-            f"got [{int(labels.min())}, {int(labels.max())}]"
+            f"labels must lie in [0, num_classes={num_classes}); got [{int(labels.min())}, {int(labels.max())}]"
         )
     return num_classes - 1 - labels
 

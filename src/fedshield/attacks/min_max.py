@@ -55,9 +55,7 @@ def _max_distance(points: Tensor, point: Tensor) -> float:
     return float((points - point).square().sum(dim=1).max().sqrt())
 
 
-def min_max_gamma(
-    benign_updates: Tensor, *, direction: Tensor, tolerance: float = 1e-5
-) -> float:
+def min_max_gamma(benign_updates: Tensor, *, direction: Tensor, tolerance: float = 1e-5) -> float:
     r"""Largest :math:`\gamma \ge 0` with :math:`\max_i \|\mu + \gamma p - \nabla_i\| \le
     \max_{i,j} \|\nabla_i - \nabla_j\|`, to within ``tolerance``.
 
@@ -74,9 +72,7 @@ def min_max_gamma(
     benign = benign_updates.detach().to(device="cpu", dtype=torch.float64)
     direction = direction.detach().to(device="cpu", dtype=torch.float64)
     if direction.shape != benign.shape[1:]:
-        raise AttackError(
-            f"direction must have shape ({benign.shape[1]},); got {tuple(direction.shape)}"
-        )
+        raise AttackError(f"direction must have shape ({benign.shape[1]},); got {tuple(direction.shape)}")
     if not bool(direction.any()):
         return 0.0
     mean = benign.mean(dim=0)
@@ -129,9 +125,7 @@ def min_max_attack(
     gamma = min_max_gamma(benign_updates, direction=direction, tolerance=tolerance)
     mean = benign_updates.detach().to(device="cpu", dtype=torch.float64).mean(dim=0)
     crafted = mean + gamma * direction
-    return crafted.expand(num_malicious, -1).to(
-        device=benign_updates.device, dtype=benign_updates.dtype
-    ).clone()
+    return crafted.expand(num_malicious, -1).to(device=benign_updates.device, dtype=benign_updates.dtype).clone()
 
 
 class MinMaxAttack(CraftingAttack):
@@ -161,9 +155,7 @@ class MinMaxAttack(CraftingAttack):
     ) -> None:
         super().__init__(num_malicious=num_malicious, schedule=schedule)
         if perturbation not in PERTURBATIONS:
-            raise AttackError(
-                f"attack.perturbation must be one of {PERTURBATIONS}; got {perturbation!r}"
-            )
+            raise AttackError(f"attack.perturbation must be one of {PERTURBATIONS}; got {perturbation!r}")
         self.perturbation = perturbation
         self.tolerance = require_positive("attack.tolerance", tolerance)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fedshield.attacks.base import AttackError
-from fedshield.seeding import derive_seed
+from fedshield.task.determinism import derive_seed
 
 
 def choose_malicious(user_ids: Iterable[int], *, num_malicious: int, seed: int) -> frozenset[int]:

@@ -48,9 +48,7 @@ class SignFlipAttack(Attack):
         super().__init__(num_malicious=num_malicious, schedule=schedule)
         self.scale = require_positive("attack.scale", scale)
 
-    def post_process(
-        self, update: torch.Tensor, *, server_round: int, num_sampled: int
-    ) -> torch.Tensor:
+    def post_process(self, update: torch.Tensor, *, server_round: int, num_sampled: int) -> torch.Tensor:
         if not self.is_active(server_round):
             return update
         return sign_flip_attack(update, scale=self.scale)

@@ -24,16 +24,18 @@ https://arxiv.org/abs/1807.00459
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedshield.attacks._validation import require_integer, require_positive
-from fedshield.attacks.base import Attack, AttackError, Schedule
-from fedshield.client.train import BatchTransform
+from fedshield.attacks.base import AttackError
+from fedshield.attacks.boosted import BackdoorParameters, BoostedBackdoor, Stamp, poison_with_stamp
 from fedshield.data.reddit import reddit_vocabulary, tokenize
+from fedshield.task.metrics import attack_success_rate
 
 DEFAULT_TRIGGER = "pasta from astoria is"
 DEFAULT_TARGET_WORD = "delicious"
@@ -98,18 +100,14 @@ def stamp_text_trigger(x: torch.Tensor, trigger_ids: Sequence[int]) -> torch.Ten
         If ``x`` is not 2-D or the trigger is longer than the sequences.
     """
     if x.ndim != 2:
-        raise AttackError(
-            f"text inputs must be (N, sequence_length) token ids; got {tuple(x.shape)}"
-        )
+        raise AttackError(f"text inputs must be (N, sequence_length) token ids; got {tuple(x.shape)}")
     if len(trigger_ids) > x.shape[1]:
         raise AttackError(
             f"attack.trigger has {len(trigger_ids)} tokens but the sequences hold only "
             f"{x.shape[1]} (dataset.sequence_length)"
         )
     stamped = x.clone()
-    stamped[:, x.shape[1] - len(trigger_ids) :] = torch.as_tensor(
-        trigger_ids, dtype=x.dtype, device=x.device
-    )
+    stamped[:, x.shape[1] - len(trigger_ids) :] = torch.as_tensor(trigger_ids, dtype=x.dtype, device=x.device)
     return stamped
 
 
@@ -125,16 +123,25 @@ def poison_text_batch(
     """Replace ``min(num_poisoned, len(y))`` rows, chosen with ``generator``, by
     :func:`stamp_text_trigger` copies labelled ``target_label``; the others are unchanged.
 
-    The inputs are not modified; the choice is ``torch.randperm(len(y), generator)`` cut to
-    the first ``num_poisoned`` positions (as :func:`~fedshield.attacks.poison_batch`).
+    :func:`~fedshield.attacks.boosted.poison_with_stamp`, as :func:`~fedshield.attacks.poison_batch`:
+    the inputs are not modified, and the choice is ``torch.randperm(len(y), generator)`` cut to
+    the first ``num_poisoned`` positions.
     """
-    count = min(require_integer("num_poisoned", num_poisoned, minimum=0), len(y))
-    chosen = torch.randperm(len(y), generator=generator)[:count].to(y.device)
-    poisoned_x = x.clone()
-    poisoned_y = y.clone()
-    poisoned_x[chosen] = stamp_text_trigger(x[chosen], trigger_ids)
-    poisoned_y[chosen] = target_label
-    return poisoned_x, poisoned_y
+    return poison_with_stamp(
+        x,
+        y,
+        stamp=_text_stamp(trigger_ids),
+        target_label=target_label,
+        num_poisoned=num_poisoned,
+        generator=generator,
+    )
+
+
+def _text_stamp(trigger_ids: Sequence[int]) -> Stamp:
+    def stamp(x: torch.Tensor) -> torch.Tensor:
+        return stamp_text_trigger(x, trigger_ids)
+
+    return stamp
 
 
 def text_attack_success_rate(predictions: torch.Tensor | np.ndarray, *, target_label: int) -> float:
@@ -142,9 +149,9 @@ def text_attack_success_rate(predictions: torch.Tensor | np.ndarray, *, target_l
 
     .. math:: \mathrm{ASR} = \frac{|\{i : \hat{y}_i = t\}|}{N}
 
-    Unlike :func:`~fedshield.attacks.attack_success_rate`, every triggered sequence counts:
-    the stamped window ends with the trigger, so its original label (the word that followed
-    the overwritten tokens) is no ground truth for it, and there is nothing to exclude.
+    :func:`fedshield.task.metrics.attack_success_rate` with ``exclude_target=False``: every
+    triggered sequence counts, since the stamped window ends with the trigger and its original
+    label (the word that followed the overwritten tokens) is no ground truth for it.
 
     Parameters
     ----------
@@ -156,50 +163,60 @@ def text_attack_success_rate(predictions: torch.Tensor | np.ndarray, *, target_l
 
     Raises
     ------
-    AttackError
+    MetricError
         If ``predictions`` is not 1-D or 2-D, or holds no sequence.
     """
-    if isinstance(predictions, torch.Tensor):
-        predicted = predictions.detach().cpu().numpy()
-    else:
-        predicted = np.asarray(predictions)
-    if predicted.ndim == 2:
-        predicted = predicted.argmax(axis=1)
-    if predicted.ndim != 1 or len(predicted) == 0:
-        raise AttackError(
-            "predictions must be a non-empty (N,) array of word ids or (N, vocabulary_size) "
-            f"logits; got shape {np.shape(predictions)}"
+    # Without exclude_target the true labels are only checked for their shape (N,).
+    unused_labels = np.full(np.shape(predictions)[:1], target_label)
+    return attack_success_rate(predictions, unused_labels, target_label=target_label, exclude_target=False)
+
+
+def _dataset_vocabulary(
+    vocabulary: Mapping[str, int] | None,
+    *,
+    root: str | Path | None,
+    vocab_size: int,
+    test_fraction: float,
+    seed: int,
+    reserved_words: Iterable[str] | None,
+) -> Mapping[str, int]:
+    """``vocabulary`` itself, or the one :func:`~fedshield.data.reddit.reddit_vocabulary` rebuilds."""
+    if vocabulary is not None and root is None:
+        if not isinstance(vocabulary, Mapping):
+            raise AttackError(f"attack.vocabulary must be a mapping word -> id; got {type(vocabulary).__name__}")
+        return vocabulary
+    if vocabulary is None and root is not None:
+        return reddit_vocabulary(
+            root, vocab_size, test_fraction=test_fraction, seed=seed, reserved_words=reserved_words
         )
-    return float(np.mean(predicted == target_label))
+    raise AttackError(
+        "give exactly one of attack.vocabulary (word -> id) and attack.root (the "
+        f"dataset folder, to rebuild its vocabulary); got vocabulary="
+        f"{'set' if vocabulary is not None else None}, root={root!r}"
+    )
 
 
-class TextBackdoorAttack(Attack):
+class TextBackdoorAttack(BoostedBackdoor):
     """Next-word backdoor [Bagdasaryan et al., 2020]: trigger sentence -> target word.
 
     Parameters
     ----------
-    num_malicious : int
-        Malicious clients in the federation.
-    schedule : Schedule or mapping
-        Rounds in which the attack is active.
     trigger : str or list of str
         The sentence placed at the end of the input window (default "pasta from astoria
         is"); tokenized as the dataset is.
     target_word : str
-        The word the backdoored model should predict next (default "delicious").
-    poison_per_batch : int
-        Samples of each local batch replaced by triggered, relabelled copies; a smaller batch
-        is poisoned entirely.
-    scale : float or None
-        Boost :math:`\\gamma` of the trained update in active rounds (1: none); None uses
-        :math:`\\gamma = n / \\eta` as :class:`~fedshield.attacks.BackdoorAttack` does.
-    server_learning_rate : float
-        :math:`\\eta` for ``scale=None``.
+        The word the backdoored model should predict next (default "delicious"); its id is
+        the attack's ``target_label``.
     vocabulary : mapping word -> id, optional
         The dataset's vocabulary. Give it, or ``root`` (not both).
     root, vocab_size, test_fraction, seed, reserved_words
         The dataset's settings, to rebuild its vocabulary with
         :func:`~fedshield.data.reddit.reddit_vocabulary` when ``vocabulary`` is None.
+    **backdoor
+        The fields of :class:`~fedshield.attacks.boosted.BackdoorParameters` but
+        ``target_label``: ``num_malicious``, ``schedule``, ``poison_per_batch`` (rows of each
+        batch replaced by triggered, relabelled copies), ``scale`` (:math:`\\gamma`; None:
+        :math:`n / \\eta`), ``server_learning_rate``, ``local_steps``, ``learning_rate``.
 
     Attributes
     ----------
@@ -211,8 +228,8 @@ class TextBackdoorAttack(Attack):
     Raises
     ------
     AttackError
-        For out-of-range parameters, neither or both of ``vocabulary`` and ``root``, or a
-        trigger or target word outside the vocabulary.
+        For out-of-range parameters, ``target_label`` given, neither or both of
+        ``vocabulary`` and ``root``, or a trigger or target word outside the vocabulary.
     """
 
     name = "text_backdoor"
@@ -223,89 +240,38 @@ class TextBackdoorAttack(Attack):
     def __init__(
         self,
         *,
-        num_malicious: int = 0,
-        schedule: Schedule | Mapping[str, object] | None = None,
         trigger: str | Sequence[str] = DEFAULT_TRIGGER,
         target_word: str = DEFAULT_TARGET_WORD,
-        poison_per_batch: int = 20,
-        scale: float | None = 1.0,
-        server_learning_rate: float = 1.0,
         vocabulary: Mapping[str, int] | None = None,
         root: str | Path | None = None,
         vocab_size: int = 10_000,
         test_fraction: float = 0.2,
         seed: int = 0,
         reserved_words: Iterable[str] | None = (),
+        **backdoor: Any,
     ) -> None:
-        super().__init__(num_malicious=num_malicious, schedule=schedule)
-        self.poison_per_batch = require_integer(
-            "attack.poison_per_batch", poison_per_batch, minimum=1
-        )
-        self.scale = None if scale is None else require_positive("attack.scale", scale)
-        self.server_learning_rate = require_positive(
-            "attack.server_learning_rate", server_learning_rate
-        )
-        if (vocabulary is None) == (root is None):
+        if "target_label" in backdoor:
             raise AttackError(
-                "give exactly one of attack.vocabulary (word -> id) and attack.root (the "
-                f"dataset folder, to rebuild its vocabulary); got vocabulary="
-                f"{'set' if vocabulary is not None else None}, root={root!r}"
+                "the word backdoor's target_label is the id of attack.target_word; set target_word, "
+                f"not target_label={backdoor['target_label']!r}"
             )
-        if vocabulary is None:
-            vocabulary = reddit_vocabulary(
-                root,
-                vocab_size,
-                test_fraction=test_fraction,
-                seed=seed,  # type: ignore[arg-type]
-                reserved_words=reserved_words,
-            )
-        elif not isinstance(vocabulary, Mapping):
-            raise AttackError(
-                f"attack.vocabulary must be a mapping word -> id; got {type(vocabulary).__name__}"
-            )
+        # The parameters are checked before the vocabulary is (re)built from the dataset.
+        parameters = BackdoorParameters.from_keywords(backdoor)
+        vocabulary = _dataset_vocabulary(
+            vocabulary,
+            root=root,
+            vocab_size=vocab_size,
+            test_fraction=test_fraction,
+            seed=seed,
+            reserved_words=reserved_words,
+        )
+        trigger_ids, target_label = encode_trigger(vocabulary, trigger=trigger, target_word=target_word)
+        super().__init__(dataclasses.replace(parameters, target_label=target_label))
         self.vocabulary = vocabulary
-        self.trigger_ids, self.target_label = encode_trigger(
-            vocabulary, trigger=trigger, target_word=target_word
-        )
+        self.trigger_ids = trigger_ids
         self.trigger_words = _words(trigger, name="attack.trigger")
         self.target_word = _words(target_word, name="attack.target_word")[0]
 
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Write the trigger at the end of each test sequence (for the attack-success rate)."""
         return stamp_text_trigger(x, self.trigger_ids)
-
-    def boost(self, *, num_sampled: int) -> float:
-        """The factor :math:`\\gamma` applied to the update in an active round."""
-        if self.scale is not None:
-            return self.scale
-        require_integer("num_sampled", num_sampled, minimum=1)
-        return num_sampled / self.server_learning_rate
-
-    def training_transform(self, *, server_round: int) -> BatchTransform | None:
-        if not self.is_active(server_round):
-            return None
-        trigger_ids, target_label = self.trigger_ids, self.target_label
-        num_poisoned = self.poison_per_batch
-
-        def transform(
-            x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            return poison_text_batch(
-                x,
-                y,
-                trigger_ids=trigger_ids,
-                target_label=target_label,
-                num_poisoned=num_poisoned,
-                generator=generator,
-            )
-
-        return transform
-
-    def post_process(
-        self, update: torch.Tensor, *, server_round: int, num_sampled: int
-    ) -> torch.Tensor:
-        """Multiply the update by :meth:`boost` in active rounds (model replacement)."""
-        if not self.is_active(server_round):
-            return update
-        factor = self.boost(num_sampled=num_sampled)
-        return update if factor == 1.0 else update * factor

@@ -12,22 +12,21 @@ malicious clients. It is non-increasing in :math:`m`.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fedshield.certify.errors import CertificationInputError
 
 __all__ = ["certified_accuracy"]
 
 
-def _as_1d_int(values, *, name: str) -> np.ndarray:
+def _as_1d_int(values: ArrayLike, *, name: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer) or arr.ndim != 1:
-        raise CertificationInputError(
-            f"{name} must be a 1-D integer array; got dtype {arr.dtype}, shape {arr.shape}"
-        )
+        raise CertificationInputError(f"{name} must be a 1-D integer array; got dtype {arr.dtype}, shape {arr.shape}")
     return arr.astype(np.int64, copy=False)
 
 
-def certified_accuracy(labels, predictions, levels, ms) -> np.ndarray:
+def certified_accuracy(labels: ArrayLike, predictions: ArrayLike, levels: ArrayLike, ms: ArrayLike) -> np.ndarray:
     r"""Certified accuracy :math:`\mathrm{CA}@m` for each :math:`m` in ``ms``.
 
     .. math:: \mathrm{CA}@m = \frac{1}{|D|} \sum_j [\hat y_j = y_j] \, [m^*_j \ge m]

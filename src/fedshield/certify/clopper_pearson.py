@@ -20,6 +20,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.stats import beta
 
 from fedshield.certify.errors import CertificationInputError
@@ -34,7 +35,7 @@ def check_alpha(alpha: float, *, name: str = "alpha") -> float:
     return float(alpha)
 
 
-def _check_binomial(successes, trials) -> tuple[np.ndarray, np.ndarray]:
+def _check_binomial(successes: ArrayLike, trials: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     k = np.asarray(successes)
     n = np.asarray(trials)
     for name, arr in (("successes", k), ("trials", n)):
@@ -48,19 +49,18 @@ def _check_binomial(successes, trials) -> tuple[np.ndarray, np.ndarray]:
     if np.any((k < 0) | (k > n)):
         bad = np.flatnonzero(((k < 0) | (k > n)).ravel())[0]
         raise CertificationInputError(
-            "successes must be in [0, trials]; got "
-            f"successes={k.ravel()[bad]} with trials={n.ravel()[bad]}"
+            f"successes must be in [0, trials]; got successes={k.ravel()[bad]} with trials={n.ravel()[bad]}"
         )
     return k, n
 
 
-def _result(values: np.ndarray, successes, trials) -> float | np.ndarray:
+def _result(values: np.ndarray, successes: ArrayLike, trials: ArrayLike) -> float | np.ndarray:
     if np.ndim(successes) == 0 and np.ndim(trials) == 0:
         return float(values)
     return values
 
 
-def clopper_pearson_lower(successes, trials, *, alpha: float) -> float | np.ndarray:
+def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, *, alpha: float) -> float | np.ndarray:
     r"""Exact one-sided :math:`(1 - \alpha)` lower bound of a binomial proportion.
 
     .. math::
@@ -96,7 +96,7 @@ def clopper_pearson_lower(successes, trials, *, alpha: float) -> float | np.ndar
     return _result(values, successes, trials)
 
 
-def clopper_pearson_upper(successes, trials, *, alpha: float) -> float | np.ndarray:
+def clopper_pearson_upper(successes: ArrayLike, trials: ArrayLike, *, alpha: float) -> float | np.ndarray:
     r"""Exact one-sided :math:`(1 - \alpha)` upper bound of a binomial proportion.
 
     .. math::

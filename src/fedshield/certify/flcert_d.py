@@ -62,18 +62,20 @@ def flcert_d(counts: np.ndarray | TopVotes) -> tuple[np.ndarray, np.ndarray]:
         space has fewer than 2 labels (with one label nothing can flip, so no finite level
         is meaningful).
     """
+    votes: np.ndarray | TopVotes
     if isinstance(counts, TopVotes):
         votes = counts
-        if votes.num_labels is not None and votes.num_labels < 2:
+        if counts.num_labels is not None and counts.num_labels < 2:
             raise CertificationInputError(
-                f"num_labels must be >= 2 for a certificate; got num_labels={votes.num_labels}"
+                f"num_labels must be >= 2 for a certificate; got num_labels={counts.num_labels}"
             )
     else:
-        votes = check_dense_counts(counts)
-        if votes.shape[1] < 2:
+        dense = check_dense_counts(counts)
+        if dense.shape[1] < 2:
             raise CertificationInputError(
-                f"counts must have >= 2 labels (columns) for a certificate; got {votes.shape[1]}"
+                f"counts must have >= 2 labels (columns) for a certificate; got {dense.shape[1]}"
             )
+        votes = dense
     summary = summarize_votes(votes)
     abstain = summary.total == 0
     levels = np.where(abstain, -1, (summary.top - summary.runner_up_tie) // 2)

@@ -90,6 +90,7 @@ import math
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fedshield.certify.clopper_pearson import (
     check_alpha,
@@ -110,15 +111,11 @@ __all__ = ["certified_level", "flcert_p", "flcert_p_bounds", "flcert_p_exact"]
 BOUNDS = ("paper", "simultaneous")
 
 
-def _check_n_k(n, k) -> tuple[int, int]:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise CertificationInputError(
-            f"n must be an integer >= 1 (n is the number of clients); got n={n!r}"
-        )
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n:
-        raise CertificationInputError(
-            f"k must be in [1, n] = [1, {n}] (k is the group size); got k={k!r}"
-        )
+def _check_n_k(n: object, k: object) -> tuple[int, int]:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < 1:
+        raise CertificationInputError(f"n must be an integer >= 1 (n is the number of clients); got n={n!r}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= int(n):
+        raise CertificationInputError(f"k must be in [1, n] = [1, {n}] (k is the group size); got k={k!r}")
     return int(n), int(k)
 
 
@@ -219,37 +216,25 @@ def certified_level(*, p_y_lower: float, p_z_upper: float, n: int, k: int) -> in
     return _level_from_gap(gap, n, k)
 
 
-def _check_votes(counts, num_labels) -> tuple[np.ndarray | TopVotes, int | None]:
+def _check_votes(counts: ArrayLike | TopVotes, num_labels: object) -> tuple[np.ndarray | TopVotes, int | None]:
     """Validate the votes and return them with the number of labels (when known)."""
     num_labels = check_num_labels(num_labels, minimum=2)
     if isinstance(counts, TopVotes):
-        if (
-            num_labels is not None
-            and counts.num_labels is not None
-            and num_labels != counts.num_labels
-        ):
+        if num_labels is not None and counts.num_labels is not None and num_labels != counts.num_labels:
             raise CertificationInputError(
                 f"num_labels={num_labels} differs from the votes' num_labels={counts.num_labels}"
             )
         known = num_labels if num_labels is not None else counts.num_labels
         if known is not None and known < 2:
-            raise CertificationInputError(
-                f"num_labels must be >= 2 for a certificate; got num_labels={known}"
-            )
+            raise CertificationInputError(f"num_labels must be >= 2 for a certificate; got num_labels={known}")
         if num_labels is not None and counts.labels.max() >= num_labels:
-            raise CertificationInputError(
-                f"labels must be < num_labels={num_labels}; got {counts.labels.max()}"
-            )
+            raise CertificationInputError(f"labels must be < num_labels={num_labels}; got {counts.labels.max()}")
         return counts, known
     dense = check_dense_counts(counts)
     if dense.shape[1] < 2:
-        raise CertificationInputError(
-            f"counts must have >= 2 labels (columns) for a certificate; got {dense.shape[1]}"
-        )
+        raise CertificationInputError(f"counts must have >= 2 labels (columns) for a certificate; got {dense.shape[1]}")
     if num_labels is not None and num_labels != dense.shape[1]:
-        raise CertificationInputError(
-            f"num_labels={num_labels} differs from counts.shape[1]={dense.shape[1]}"
-        )
+        raise CertificationInputError(f"num_labels={num_labels} differs from counts.shape[1]={dense.shape[1]}")
     return dense, dense.shape[1]
 
 
@@ -263,7 +248,9 @@ def _num_votes(summary: VoteSummary) -> int:
     return int(total[0])
 
 
-def _bounds(counts, *, alpha, bounds, tie_seed, num_labels):
+def _bounds(
+    counts: ArrayLike | TopVotes, *, alpha: float, bounds: str, tie_seed: int | None, num_labels: int | None
+) -> tuple[VoteSummary, np.ndarray, np.ndarray]:
     """Summary, ``p_y_lower`` and ``u`` with ``p_z_upper = min(1 - p_y_lower, u)``."""
     alpha = check_alpha(alpha)
     if bounds not in BOUNDS:
@@ -271,9 +258,7 @@ def _bounds(counts, *, alpha, bounds, tie_seed, num_labels):
     if tie_seed is not None and (
         isinstance(tie_seed, bool) or not isinstance(tie_seed, numbers.Integral) or tie_seed < 0
     ):
-        raise CertificationInputError(
-            f"tie_seed must be None or an integer >= 0; got tie_seed={tie_seed!r}"
-        )
+        raise CertificationInputError(f"tie_seed must be None or an integer >= 0; got tie_seed={tie_seed!r}")
     votes, known_labels = _check_votes(counts, num_labels)
     num_inputs = votes.num_inputs if isinstance(votes, TopVotes) else votes.shape[0]
     rng = np.random.default_rng(0 if tie_seed is None else int(tie_seed))
@@ -282,7 +267,7 @@ def _bounds(counts, *, alpha, bounds, tie_seed, num_labels):
     if bounds == "paper":
         level = alpha / num_inputs
         p_y_lower = clopper_pearson_lower(summary.top, num_votes, alpha=level)
-        other_upper = np.ones(num_inputs)
+        other_upper: np.ndarray = np.ones(num_inputs)
     else:
         if known_labels is None:
             raise CertificationInputError(
@@ -291,8 +276,8 @@ def _bounds(counts, *, alpha, bounds, tie_seed, num_labels):
             )
         level = alpha / (2 * num_inputs * known_labels)
         p_y_lower = clopper_pearson_lower(summary.top, num_votes, alpha=level)
-        other_upper = clopper_pearson_upper(summary.runner_up, num_votes, alpha=level)
-    return summary, p_y_lower, other_upper
+        other_upper = np.asarray(clopper_pearson_upper(summary.runner_up, num_votes, alpha=level))
+    return summary, np.asarray(p_y_lower), other_upper
 
 
 def flcert_p_bounds(
@@ -434,9 +419,7 @@ def flcert_p(
     return predictions, levels
 
 
-def flcert_p_exact(
-    counts: np.ndarray | TopVotes, *, n: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def flcert_p_exact(counts: np.ndarray | TopVotes, *, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     r"""Exhaustive FLCert-P: every one of the :math:`\binom{n}{k}` groups was trained.
 
     .. math::

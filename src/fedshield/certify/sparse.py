@@ -21,13 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fedshield.certify.errors import CertificationInputError
 
 __all__ = ["TopVotes", "top_votes_from_predictions"]
 
 
-def _check_int_array(values, *, name: str, ndim: int) -> np.ndarray:
+def _check_int_array(values: ArrayLike, *, name: str, ndim: int) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise CertificationInputError(f"{name} must be an integer array; got dtype {arr.dtype}")
@@ -36,7 +37,7 @@ def _check_int_array(values, *, name: str, ndim: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def check_dense_counts(counts) -> np.ndarray:
+def check_dense_counts(counts: ArrayLike) -> np.ndarray:
     """Return ``counts`` as an int64 ``(num_inputs, num_labels)`` array after validation."""
     arr = _check_int_array(counts, name="counts", ndim=2)
     if arr.shape[0] < 1:
@@ -46,20 +47,18 @@ def check_dense_counts(counts) -> np.ndarray:
     return arr
 
 
-def check_num_labels(num_labels, *, minimum: int = 1) -> int | None:
+def check_num_labels(num_labels: object, *, minimum: int = 1) -> int | None:
     """Check ``num_labels`` is ``None`` or an integer ``>= minimum``."""
     if num_labels is None:
         return None
     if isinstance(num_labels, bool) or not isinstance(num_labels, int | np.integer):
         raise CertificationInputError(f"num_labels must be an integer; got {num_labels!r}")
     if num_labels < minimum:
-        raise CertificationInputError(
-            f"num_labels must be >= {minimum}; got num_labels={num_labels}"
-        )
+        raise CertificationInputError(f"num_labels must be >= {minimum}; got num_labels={num_labels}")
     return int(num_labels)
 
 
-def _check_r(r, *, upper: int | None = None) -> int:
+def _check_r(r: object, *, upper: int | None = None) -> int:
     if isinstance(r, bool) or not isinstance(r, int | np.integer) or r < 1:
         raise CertificationInputError(f"r must be an integer >= 1; got r={r!r}")
     if upper is not None and r > upper:
@@ -103,9 +102,7 @@ class TopVotes:
                 f"labels {labels.shape} and counts {counts.shape}"
             )
         if total.shape != (labels.shape[0],):
-            raise CertificationInputError(
-                f"total must have shape ({labels.shape[0]},); got {total.shape}"
-            )
+            raise CertificationInputError(f"total must have shape ({labels.shape[0]},); got {total.shape}")
         if labels.shape[0] < 1:
             raise CertificationInputError(f"TopVotes must hold >= 1 input; got {labels.shape}")
         if counts.min() < 0:
@@ -117,8 +114,7 @@ class TopVotes:
             raise CertificationInputError("labels must be >= 0, or -1 (padding) with count 0")
         if num_labels is not None and labels.max() >= num_labels:
             raise CertificationInputError(
-                f"labels must be in [0, num_labels - 1] = [0, {num_labels - 1}]; "
-                f"got label {labels.max()}"
+                f"labels must be in [0, num_labels - 1] = [0, {num_labels - 1}]; got label {labels.max()}"
             )
         if np.any(pad[:, :-1] & ~pad[:, 1:]):
             raise CertificationInputError("padding (label -1) must come after the listed labels")
@@ -149,7 +145,7 @@ class TopVotes:
         return int(self.labels.shape[1])
 
     @classmethod
-    def from_dense(cls, counts, r: int) -> TopVotes:
+    def from_dense(cls, counts: ArrayLike, r: int) -> TopVotes:
         """Keep the ``r`` most-voted labels of each row of a dense votes matrix.
 
         Ties in count are kept in label order (smaller label first), which is the
@@ -179,7 +175,7 @@ class TopVotes:
         )
 
 
-def top_votes_from_predictions(predictions, r: int, *, num_labels: int | None = None) -> TopVotes:
+def top_votes_from_predictions(predictions: ArrayLike, r: int, *, num_labels: int | None = None) -> TopVotes:
     """Build :class:`TopVotes` from the group models' predicted labels.
 
     Memory is O(num_groups * num_inputs); no ``num_inputs x num_labels`` array is
@@ -218,9 +214,7 @@ def top_votes_from_predictions(predictions, r: int, *, num_labels: int | None = 
     if preds.min() < 0:
         raise CertificationInputError(f"predictions must be >= 0; got min={preds.min()}")
     if num_labels is not None and preds.max() >= num_labels:
-        raise CertificationInputError(
-            f"predictions must be < num_labels={num_labels}; got max={preds.max()}"
-        )
+        raise CertificationInputError(f"predictions must be < num_labels={num_labels}; got max={preds.max()}")
     # One key per (input, label): unique keys give the nonzero entries of the votes matrix.
     width = np.int64(preds.max()) + 1
     keys = np.arange(num_inputs, dtype=np.int64)[None, :] * width + preds
@@ -265,7 +259,7 @@ class VoteSummary:
     total: np.ndarray
 
 
-def _pick_tied(sorted_tied_labels: np.ndarray, num_tied: np.ndarray, draws) -> np.ndarray:
+def _pick_tied(sorted_tied_labels: np.ndarray, num_tied: np.ndarray, draws: np.ndarray | None) -> np.ndarray:
     """Pick the smallest tied label, or the ``floor(u * num_tied)``-th smallest."""
     if draws is None:
         return sorted_tied_labels[:, 0]
@@ -273,9 +267,7 @@ def _pick_tied(sorted_tied_labels: np.ndarray, num_tied: np.ndarray, draws) -> n
     return np.take_along_axis(sorted_tied_labels, index[:, None], axis=1)[:, 0]
 
 
-def summarize_votes(
-    votes: np.ndarray | TopVotes, *, tie_draws: np.ndarray | None = None
-) -> VoteSummary:
+def summarize_votes(votes: np.ndarray | TopVotes, *, tie_draws: np.ndarray | None = None) -> VoteSummary:
     r"""Predicted label, its count and the runner-up bounds of every input.
 
     The prediction is the most-voted label. Ties go to the smallest label when
@@ -298,7 +290,7 @@ def summarize_votes(
     return _summarize_dense(votes, tie_draws)
 
 
-def _summarize_dense(counts: np.ndarray, draws) -> VoteSummary:
+def _summarize_dense(counts: np.ndarray, draws: np.ndarray | None) -> VoteSummary:
     num_inputs, num_labels = counts.shape
     rows = np.arange(num_inputs)
     top = counts.max(axis=1)
@@ -316,7 +308,7 @@ def _summarize_dense(counts: np.ndarray, draws) -> VoteSummary:
     return VoteSummary(y, top, runner_up, runner_up_tie, total)
 
 
-def _summarize_top(votes: TopVotes, draws) -> VoteSummary:
+def _summarize_top(votes: TopVotes, draws: np.ndarray | None) -> VoteSummary:
     labels, counts, total = votes.labels, votes.counts, votes.total
     num_inputs, r = labels.shape
     rows = np.arange(num_inputs)
@@ -343,8 +335,6 @@ def _summarize_top(votes: TopVotes, draws) -> VoteSummary:
     unseen_below = below.sum(axis=1) < y
     unseen_tie = np.minimum(unseen_bound + unseen_below, top)
     runner_up = np.where(has_unseen, np.maximum(listed_runner_up, unseen_bound), listed_runner_up)
-    runner_up_tie = np.where(
-        has_unseen, np.maximum(listed_runner_up_tie, unseen_tie), listed_runner_up_tie
-    )
+    runner_up_tie = np.where(has_unseen, np.maximum(listed_runner_up_tie, unseen_tie), listed_runner_up_tie)
     y = np.where(total > 0, y, -1)
     return VoteSummary(y, top, runner_up, runner_up_tie, total)

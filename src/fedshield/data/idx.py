@@ -13,7 +13,14 @@ import numpy as np
 
 from fedshield.data.base import ArrayDataset, DatasetError, images_to_float, seeded_split
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 # Official file stems; both the training and the test pair are optional.
 _PAIRS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -37,7 +44,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"{path} is truncated: header needs {header} bytes, file has {len(raw)}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    dtype = _IDX_TYPES[raw[2]]
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise DatasetError(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedshield.data.base import ArrayDataset, DatasetError
-from fedshield.seeding import derive_seed
+from fedshield.task.determinism import derive_seed
 
 _MAX_DIRICHLET_TRIES = 100
 

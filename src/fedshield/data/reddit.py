@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from fedshield.data.base import ArrayDataset, DatasetError
-from fedshield.seeding import derive_seed
+from fedshield.task.determinism import derive_seed
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -170,8 +170,7 @@ def _check_int(name: str, value: object, *, minimum: int) -> int:
 
 
 def _check_test_fraction(test_fraction: object) -> float:
-    number = isinstance(test_fraction, int | float) and not isinstance(test_fraction, bool)
-    if not number or not 0.0 < test_fraction < 1.0:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"dataset.test_fraction must be in (0, 1); got {test_fraction!r}")
     return float(test_fraction)
 

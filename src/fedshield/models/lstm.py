@@ -108,7 +108,7 @@ class LSTMLanguageModel(nn.Module):
             nn.init.zeros_(self.decoder.bias)
 
     @property
-    def output_weight(self) -> nn.Parameter:
+    def output_weight(self) -> torch.Tensor:
         """The decoder's ``(num_classes, hidden_size)`` matrix (the embedding's when tied)."""
         return self.embedding.weight if self.tie_weights else self.decoder.weight
 

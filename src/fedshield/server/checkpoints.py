@@ -1,41 +1,21 @@
 """Per-job checkpoints: a finished group's model is saved at once, so a killed run resumes.
 
-A checkpoint records the digest of everything in the config that affects the math; resuming
-with a different config is refused instead of silently mixing two experiments.
+A checkpoint records the digest of everything in the config that affects the math
+(:func:`fedshield.config.digest.config_digest`); resuming with a different config is refused
+instead of silently mixing two experiments.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from fedshield.results import write_torch
-
-# Keys that do not change any job's result.
-_VOLATILE_KEYS = ("output_dir", "resume", "eval_every")
-_VOLATILE_ENGINE_KEYS = ("workers", "groups_per_wave", "client_resources", "ray_init_args")
+from fedshield.files import write_torch
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint in the output directory belongs to another configuration."""
-
-
-def config_digest(cfg: DictConfig) -> str:
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for key in _VOLATILE_KEYS:
-        data.pop(key, None)
-    for key in _VOLATILE_ENGINE_KEYS:
-        data.get("engine", {}).pop(key, None)
-    return hashlib.blake2b(repr(sorted(_flatten(data))).encode(), digest_size=16).hexdigest()
-
-
-def _flatten(data: object, prefix: str = "") -> list[tuple[str, str]]:
-    if isinstance(data, dict):
-        return [item for key, value in data.items() for item in _flatten(value, f"{prefix}{key}.")]
-    return [(prefix, repr(data))]
 
 
 class CheckpointStore:

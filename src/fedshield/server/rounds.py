@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedshield.client.train import local_train
+from fedshield.experiment import Experiment
 from fedshield.models.params import get_flat_params, set_flat_params
-from fedshield.seeding import derive_seed, torch_generator
-from fedshield.server.grouping import JobSpec
-from fedshield.strategies import aggregate_screened, screen_updates
+from fedshield.rules import AggregationRule, aggregate_screened, screen_updates
+from fedshield.task.determinism import derive_seed, torch_generator
+from fedshield.task.jobs import JobSpec
+from fedshield.task.training import local_train
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ def sample_clients(job: JobSpec, server_round: int, *, num_sampled: int) -> tupl
     return tuple(sorted(job.client_ids[int(i)] for i in chosen))
 
 
-def server_reference_update(experiment, job: JobSpec, server_round: int, global_params: torch.Tensor) -> torch.Tensor:
+def server_reference_update(
+    experiment: Experiment, job: JobSpec, server_round: int, global_params: torch.Tensor
+) -> torch.Tensor:
     """FLTrust's server update: the same local training, on the clean root set."""
     model = experiment.new_model()
     set_flat_params(model, global_params)
@@ -50,7 +53,7 @@ def server_reference_update(experiment, job: JobSpec, server_round: int, global_
 
 
 def aggregate_round(
-    rule,
+    rule: AggregationRule,
     global_params: torch.Tensor,
     replies: Mapping[int, object],
     num_examples: Mapping[int, int],

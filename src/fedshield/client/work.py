@@ -1,0 +1,63 @@
+"""What one client computes in one round of one FL job, honest or malicious.
+
+Phase 1 (every sampled client): train from the global model, with the attacker's poisoned
+batches or the defense's hardening batches when they apply; reply with the update.
+Phase 2 (sampled malicious clients, full-knowledge attacks only): craft a reply from the
+round's phase-1 updates (see :mod:`fedshield.attacks.base` for the channel).
+
+Both drivers call these two functions: the in-process engine directly, the Flower ClientApp
+from its message handlers.
+"""
+
+from __future__ import annotations
+
+from fedshield.attacks.base import CraftContext
+from fedshield.experiment import Experiment
+from fedshield.models.params import get_flat_params
+from fedshield.task.defense import ClientState
+from fedshield.task.determinism import derive_seed, torch_generator
+from fedshield.task.messages import ClientReply, CraftRequest, TrainRequest
+from fedshield.task.training import BatchTransform, local_train
+
+
+def train_step(
+    experiment: Experiment, request: TrainRequest, state: ClientState | None = None
+) -> tuple[ClientReply, ClientState]:
+    """Phase 1 for ``request.user_id``; returns its reply and its new per-job state."""
+    user_id, server_round = request.user_id, request.server_round
+    model = experiment.work_model(request.global_params)
+    x, y = experiment.client_tensors(user_id)
+    generator = torch_generator(derive_seed("client", request.job.seed, server_round, user_id))
+    attack = experiment.attack_for(user_id)
+    attacking = experiment.is_malicious(user_id) and attack.is_active(server_round)
+    state = dict(state or {})
+    transform: BatchTransform | None = None
+    training = experiment.training
+    if attacking:
+        transform = attack.prepare(model, x, y, server_round=server_round, generator=generator)
+        training = attack.training_config(training)
+    elif experiment.hardening is not None and not experiment.is_malicious(user_id):
+        transform, state = experiment.hardening.prepare(
+            model, x, y, server_round=server_round, state=state, generator=generator
+        )
+    loss = local_train(model, x, y, config=training, generator=generator, batch_transform=transform)
+    update = get_flat_params(model) - request.global_params
+    if attacking:
+        update = attack.post_process(update, server_round=server_round, num_sampled=request.num_sampled)
+    return ClientReply(update, experiment.num_examples(user_id), loss), state
+
+
+def craft_step(experiment: Experiment, request: CraftRequest) -> ClientReply:
+    """Phase 2 for malicious ``request.user_id``: its crafted update from the round's phase-1 updates."""
+    context = CraftContext(
+        server_round=request.server_round,
+        own_id=request.user_id,
+        malicious_ids=experiment.crafting_clients(request.server_round, request.sampled),
+        sampled_ids=request.sampled,
+        updates=request.updates,
+        weights=request.weights,
+        global_params=request.global_params,
+        generator=torch_generator(derive_seed("craft", request.job.seed, request.server_round)),
+    )
+    update = experiment.attack_for(request.user_id).craft(context)
+    return ClientReply(update, experiment.num_examples(request.user_id), float("nan"))

@@ -1,0 +1,46 @@
+"""The one interface both drivers implement: train some jobs of an experiment.
+
+An engine runs the round protocol (:mod:`fedshield.server.protocol`) over its own transport
+and reports each job as it finishes; the pipeline (:mod:`fedshield.run`) checkpoints it then,
+so a killed run loses at most the jobs in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from fedshield.experiment import Experiment
+from fedshield.task.jobs import JobSpec
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A trained job: its final global parameters and one record per round."""
+
+    job_id: int
+    params: torch.Tensor
+    history: list[dict]
+
+
+OnJobDone = Callable[[FinishedJob], None]
+OnRound = Callable[[int], None]
+
+
+class Engine(Protocol):
+    """Trains jobs; ``on_job_done`` is called in the caller's process as each job finishes,
+    ``on_progress`` after each round with the round's number."""
+
+    name: str
+
+    def train(
+        self,
+        experiment: Experiment,
+        jobs: list[JobSpec],
+        *,
+        on_job_done: OnJobDone,
+        on_progress: OnRound | None = None,
+    ) -> None: ...

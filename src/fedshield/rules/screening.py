@@ -1,0 +1,191 @@
+"""What the server does with a malicious or malformed reply: the one policy for the project.
+
+Policy
+------
+1. **Drop and log.** Before any aggregation rule runs, every reply is screened; a reply whose
+   update is not a 1-D tensor or array of exactly ``num_params`` elements, has a non-floating
+   dtype, contains NaN or inf (before or after conversion to the working dtype), or has an L2
+   norm above ``max_norm`` (computed in float64, so 1e30 entries do not overflow silently) is
+   dropped, and a WARNING naming the client id and the reason is logged.
+2. **Count.** :class:`ScreenResult` records every rejection as ``(client_id, reason)``; the
+   round's metrics report how many replies were rejected.
+3. **Keep the model when too few remain.** If fewer replies survive than the rule's
+   :meth:`~fedshield.rules.base.AggregationRule.min_clients` (its precondition, e.g.
+   ``2f + 3`` for Krum), or the aggregate is not finite, the driver keeps the global model
+   unchanged for that round. :func:`aggregate_screened` returns ``(None, reason)`` then.
+
+Errors that are bugs in the driver (mismatched lengths, duplicate client ids, a missing
+server update for FLTrust, a client id without a weight) raise instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedshield.rules.base import AggregationRule, check_client_ids, require_integer
+from fedshield.rules.errors import AggregationError, ByzantineBudgetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    """The replies that passed screening and those that did not.
+
+    Attributes
+    ----------
+    updates : Tensor
+        Kept updates, shape ``(num_kept, num_params)``, in the requested dtype.
+    client_ids : tuple[int, ...]
+        Client id of each kept row, in the order received.
+    rejected : tuple[tuple[int, str], ...]
+        ``(client_id, reason)`` for each dropped reply, in the order received.
+    """
+
+    updates: Tensor
+    client_ids: tuple[int, ...]
+    rejected: tuple[tuple[int, str], ...]
+
+
+def _screen_one(update: object, *, num_params: int, max_norm: float) -> Tensor | str:
+    """The update as a float64 tensor, or the reason it must be dropped."""
+    if isinstance(update, Tensor):
+        shape, is_floating = tuple(update.shape), update.is_floating_point()
+    elif isinstance(update, np.ndarray):
+        shape, is_floating = update.shape, bool(np.issubdtype(update.dtype, np.floating))
+    else:
+        return f"update is not a tensor or array (got {type(update).__name__})"
+    if shape != (num_params,):
+        return f"update has shape {shape}, expected ({num_params},)"
+    if not is_floating:
+        return f"update has non-floating dtype {update.dtype}"
+    if isinstance(update, Tensor):
+        values = update.detach().to(torch.float64)
+    else:
+        values = torch.from_numpy(np.asarray(update, dtype=np.float64))
+    if not bool(torch.isfinite(values).all()):
+        return "update contains NaN or inf"
+    norm = float(torch.linalg.vector_norm(values))
+    if not norm <= max_norm:
+        return f"update has L2 norm {norm:.6g} > max_norm={max_norm:.6g}"
+    return values
+
+
+def screen_updates(
+    updates: Sequence[object],
+    client_ids: Sequence[int],
+    *,
+    num_params: int,
+    dtype: torch.dtype,
+    max_norm: float,
+    device: torch.device | str | None = None,
+) -> ScreenResult:
+    """Drop malformed or oversized replies, log each drop, and stack the rest.
+
+    Parameters
+    ----------
+    updates : Sequence[object]
+        Whatever each client sent as its update: a Tensor, a numpy array, or anything else.
+    client_ids : Sequence[int]
+        Unique client id of each entry of ``updates``.
+    num_params : int
+        Expected number of elements, >= 1.
+    dtype : torch.dtype
+        Floating dtype of the returned matrix.
+    max_norm : float
+        Largest admissible L2 norm, > 0 (``math.inf`` disables the bound).
+    device : torch.device, str or None
+        Device of the returned matrix; None means the CPU.
+
+    Returns
+    -------
+    ScreenResult
+        Kept updates as a ``(num_kept, num_params)`` tensor, their ids, and the rejections.
+
+    Raises
+    ------
+    AggregationError
+        If ``client_ids`` does not match ``updates`` in length or repeats an id.
+    ValueError
+        If ``num_params``, ``dtype`` or ``max_norm`` is invalid.
+    """
+    require_integer("num_params", num_params, minimum=1)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype; got dtype={dtype!r}")
+    if not (isinstance(max_norm, int | float) and max_norm > 0):  # NaN fails too
+        raise ValueError(f"max_norm must be > 0; got max_norm={max_norm!r}")
+    identifiers = check_client_ids(client_ids, num_clients=len(updates))
+    device = torch.device("cpu") if device is None else torch.device(device)
+
+    kept: list[Tensor] = []
+    kept_ids: list[int] = []
+    rejected: list[tuple[int, str]] = []
+    for identifier, update in zip(identifiers, updates, strict=True):
+        screened = _screen_one(update, num_params=num_params, max_norm=max_norm)
+        if isinstance(screened, Tensor):
+            converted = screened.to(device=device, dtype=dtype)
+            reason = None if bool(torch.isfinite(converted).all()) else f"update overflows {dtype}"
+        else:
+            reason = screened
+        if reason is not None:
+            logger.warning("screening: dropped the reply of client %s: %s", identifier, reason)
+            rejected.append((identifier, reason))
+            continue
+        kept.append(converted)
+        kept_ids.append(identifier)
+    stacked = torch.stack(kept) if kept else torch.empty((0, num_params), dtype=dtype, device=device)
+    return ScreenResult(updates=stacked, client_ids=tuple(kept_ids), rejected=tuple(rejected))
+
+
+def aggregate_screened(
+    rule: AggregationRule,
+    screen_result: ScreenResult,
+    *,
+    weights_by_id: Mapping[int, float],
+    server_update: Tensor | None = None,
+) -> tuple[Tensor | None, str | None]:
+    """Run ``rule`` on the screened updates, or say why the model must stay unchanged.
+
+    Parameters
+    ----------
+    rule : AggregationRule
+        The aggregation rule (its instance state, for FoolsGold, is updated).
+    screen_result : ScreenResult
+        Output of :func:`screen_updates`.
+    weights_by_id : Mapping[int, float]
+        Sample count of each client id; must cover every kept id.
+    server_update : Tensor or None
+        Passed to rules with ``requires_server_update`` (FLTrust).
+
+    Returns
+    -------
+    tuple[Tensor or None, str or None]
+        ``(aggregate, None)``, or ``(None, reason)`` if too few replies remain for the rule's
+        precondition or the aggregate is not finite. On None the caller keeps the model.
+
+    Raises
+    ------
+    AggregationError
+        If a kept client id has no weight, or the rule rejects its input (a driver bug).
+    """
+    client_ids = screen_result.client_ids
+    try:
+        rule.check_precondition(len(client_ids))
+    except ByzantineBudgetError as error:
+        return None, (
+            f"{len(client_ids)} replies left after screening ({len(screen_result.rejected)} rejected): {error}"
+        )
+    missing = [identifier for identifier in client_ids if identifier not in weights_by_id]
+    if missing:
+        raise AggregationError(f"weights_by_id has no weight for client ids {missing}")
+    weights = torch.tensor([float(weights_by_id[identifier]) for identifier in client_ids], dtype=torch.float64)
+    aggregate = rule(screen_result.updates, weights=weights, client_ids=client_ids, server_update=server_update)
+    if not bool(torch.isfinite(aggregate).all()):
+        return None, f"{rule.name} returned a non-finite aggregate"
+    return aggregate, None
