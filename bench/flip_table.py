@@ -54,9 +54,36 @@ from pathlib import Path
 MNIST_ROOT = "/work/shared/data/mnist"
 REPO = Path(__file__).resolve().parents[1]
 
-ATTACKS = {
-    "continuous": "experiment=flip_mnist",
-    "single-shot": "experiment=flip_mnist_single_shot",
+# Triggers other than the default 3x3 checker (bottom right, target 2): other shapes, sizes,
+# positions and targets, with the same FLIP settings.
+PLUS_CENTRE = [
+    "attack.target_label=7",
+    "attack.trigger.pattern=plus",
+    "attack.trigger.size=5",
+    "attack.trigger.offset=[4,18]",
+]
+SQUARE_TOP_LEFT = [
+    "attack.target_label=0",
+    "attack.trigger.pattern=square",
+    "attack.trigger.size=4",
+    "attack.trigger.corner=top_left",
+]
+# The FLIP code's MNIST trigger: four 1x4 stripes (gap 2) at the top left, one per attacker (DBA).
+DBA_STRIPES = [
+    "attack=dba",
+    "attack.target_label=2",
+    "attack.trigger.pattern=[[1,1,1,1,0,0,1,1,1,1],[0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0,0,0],[1,1,1,1,0,0,1,1,1,1]]",
+    "attack.trigger.corner=top_left",
+    "attack.trigger.margin=0",
+]
+SETTINGS = {
+    "CNN continuous": ["experiment=flip_mnist"],
+    "CNN single-shot": ["experiment=flip_mnist_single_shot"],
+    "LR continuous": ["experiment=flip_mnist", "model=logistic"],
+    "LR single-shot": ["experiment=flip_mnist_single_shot", "model=logistic"],
+    "CNN continuous, plus 5x5 centre -> 7": ["experiment=flip_mnist", *PLUS_CENTRE],
+    "CNN continuous, square 4x4 top left -> 0": ["experiment=flip_mnist", *SQUARE_TOP_LEFT],
+    "CNN continuous, DBA stripes -> 2": ["experiment=flip_mnist", *DBA_STRIPES],
 }
 ROWS = [
     ("FedAvg", ["defense=none"]),
@@ -68,14 +95,17 @@ ROWS = [
     ("FLIP w/o adv. training", ["defense.adversarial_training=false"]),
     ("FLIP w/o threshold", ["defense.tau=0"]),
 ]
+# Settings other than CNN continuous get the two headline rows (and the derived tau = 0 row).
+HEADLINE = ("FedAvg", "FedAvg + FLIP", "FLIP w/o threshold")
 DERIVED = "FLIP w/o threshold"
 QUICK = [
     "num_clients=20",
     "sample_fraction=0.5",
-    "attack.num_malicious=8",
+    "attackers_per_round=2",
     "num_rounds=8",
     "defense.start_round=6",
     "defense.inversion_steps=10",
+    "defense.warm_inversion_steps=3",
 ]
 QUICK_START = {"continuous": ["attack.schedule.start_round=6"], "single-shot": ["attack.schedule.rounds=[6]"]}
 COLUMNS = [
@@ -83,6 +113,9 @@ COLUMNS = [
     "row",
     "accuracy",
     "attack_success_rate",
+    "accuracy_last10",
+    "attack_success_rate_last10",
+    "raw_attack_success_rate_last10",
     "raw_accuracy",
     "raw_attack_success_rate",
     "rejected_clean",
@@ -108,13 +141,16 @@ class Row:
 
 def plan(*, quick: bool, rerun_threshold_ablation: bool, only: str | None) -> list[Row]:
     rows = []
-    for attack, experiment in ATTACKS.items():
-        scale = [*QUICK, *QUICK_START[attack]] if quick else []
+    for setting, experiment in SETTINGS.items():
+        kind = "single-shot" if "single-shot" in setting else "continuous"
+        scale = [*QUICK, *QUICK_START[kind]] if quick else []
         for name, overrides in ROWS:
             if name == DERIVED and not (quick or rerun_threshold_ablation):
                 continue
-            row = Row(attack, name, (experiment, f"dataset.root={MNIST_ROOT}", *scale, *overrides))
-            if only is None or only.lower() in f"{attack} {name}".lower():
+            if setting != "CNN continuous" and name not in HEADLINE:
+                continue
+            row = Row(setting, name, (*experiment, f"dataset.root={MNIST_ROOT}", *scale, *overrides))
+            if only is None or only.lower() in f"{setting} {name}".lower():
                 rows.append(row)
     return rows
 
@@ -127,12 +163,17 @@ def run_row(row: Row, output: Path) -> dict:
     run_dir = output / row.folder
     started = time.perf_counter()
     summary = run(compose_config(list(row.overrides), output_dir=run_dir))
-    last = json.loads((run_dir / "metrics.json").read_text())["rounds"][-1]
+    rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    last = rounds[-1]
     return {
         "attack": row.attack,
         "row": row.name,
         "accuracy": summary["final_accuracy"],
         "attack_success_rate": summary["final_attack_success_rate"],
+        "accuracy_last10": summary["accuracy_last10_mean"],
+        "attack_success_rate_last10": summary["attack_success_rate_last10_mean"],
+        "raw_attack_success_rate_last10": last_rounds_mean(rounds, "raw_attack_success_rate")
+        or summary["attack_success_rate_last10_mean"],
         "raw_accuracy": last.get("raw_accuracy", last["accuracy"]),
         "raw_attack_success_rate": last.get("raw_attack_success_rate", last["attack_success_rate"]),
         "rejected_clean": int(last.get("rejected_clean", 0)),
@@ -144,6 +185,11 @@ def run_row(row: Row, output: Path) -> dict:
     }
 
 
+def last_rounds_mean(rounds: list[dict], key: str, window: int = 10) -> float | None:
+    values = [r[key] for r in rounds if key in r and r["round"] > rounds[-1]["round"] - window]
+    return sum(values) / len(values) if values else None
+
+
 def without_threshold(flip: dict) -> dict:
     """The ``FLIP w/o threshold`` row from the ``FedAvg + FLIP`` run: the same training, and
     tau = 0 rejects nothing, so its metrics are that run's unrejected ones."""
@@ -152,6 +198,7 @@ def without_threshold(flip: dict) -> dict:
         "row": DERIVED,
         "accuracy": flip["raw_accuracy"],
         "attack_success_rate": flip["raw_attack_success_rate"],
+        "attack_success_rate_last10": flip["raw_attack_success_rate_last10"],
         "rejected_clean": 0,
         "rejected_triggered": 0,
         "wall_time_seconds": 0.0,
@@ -165,7 +212,7 @@ def percent(value) -> str:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| attack | defense | clean acc. % | ASR % | raw acc. % | raw ASR % "
+        "| setting | defense | clean acc. % (last 10) | ASR % last 10 | ASR % final | raw ASR % last 10 "
         "| rejected clean | rejected triggered | time s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -173,8 +220,9 @@ def markdown(results: list[dict]) -> str:
         clean = f"{r['rejected_clean']}/{r['num_clean']}" if r["num_clean"] else "-"
         triggered = f"{r['rejected_triggered']}/{r['num_triggered']}" if r["num_triggered"] else "-"
         lines.append(
-            f"| {r['attack']} | {r['row']} | {percent(r['accuracy'])} | {percent(r['attack_success_rate'])} | "
-            f"{percent(r['raw_accuracy'])} | {percent(r['raw_attack_success_rate'])} | {clean} | {triggered} | "
+            f"| {r['attack']} | {r['row']} | {percent(r['accuracy'])} ({percent(r['accuracy_last10'])}) | "
+            f"{percent(r['attack_success_rate_last10'])} | {percent(r['attack_success_rate'])} | "
+            f"{percent(r['raw_attack_success_rate_last10'])} | {clean} | {triggered} | "
             f"{r['wall_time_seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -182,8 +230,8 @@ def markdown(results: list[dict]) -> str:
 
 def order(results: list[dict]) -> list[dict]:
     rank = {name: i for i, (name, _) in enumerate(ROWS)}
-    attacks = list(ATTACKS)
-    return sorted(results, key=lambda r: (attacks.index(r["attack"]), rank[r["row"]]))
+    settings = list(SETTINGS)
+    return sorted(results, key=lambda r: (settings.index(r["attack"]), rank[r["row"]]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     names = {(r["attack"], r["row"]) for r in results}
-    for attack in ATTACKS:
+    for attack in SETTINGS:
         flip = next((r for r in results if (r["attack"], r["row"]) == (attack, "FedAvg + FLIP")), None)
         if flip is None:
             continue

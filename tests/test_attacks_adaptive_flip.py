@@ -247,10 +247,11 @@ def test_flip_does_nothing_before_its_start_round(backdoored):
     flip = FlipHardening(FlipConfig(num_classes=10, inversion_steps=5, start_round=3))
     generator = torch_generator(0)
     state = {"other.key": np.arange(2)}
-    transform, new_state = flip.prepare(model, x, y, server_round=2, state=state, generator=generator)
+    round_ = flip.start(model, x, y, server_round=2, state=state, generator=generator)
+    transform, new_state = round_.transform, round_.new_state()
     assert transform is None and new_state.keys() == state.keys() and new_state is not state
     assert torch.equal(generator.get_state(), torch_generator(0).get_state())
-    _, started = flip.prepare(model, x, y, server_round=3, state=state, generator=generator)
+    started = flip.start(model, x, y, server_round=3, state=state, generator=generator).new_state()
     assert started["flip.participations"].tolist() == [1]
     with pytest.raises(ValueError, match="start_round"):
         FlipConfig(num_classes=10, start_round=0)

@@ -298,3 +298,19 @@ def test_local_training_with_the_backdoor_transform_learns_the_backdoor(one_thre
     assert success(poisoned) > 0.8
     assert accuracy > 0.85
     assert success(clean) < 0.2
+
+
+def test_trigger_at_an_explicit_offset_sets_exactly_its_pixels():
+    trigger = PixelPatternTrigger(pattern="plus", size=3, offset=[10, 4])
+    mask = trigger.mask(28, 28)
+    expected = torch.zeros((28, 28), dtype=torch.bool)
+    expected[10:13, 5] = True
+    expected[11, 4:7] = True
+    assert torch.equal(mask, expected)
+    stamped = trigger.stamp(torch.zeros(2, 1, 28, 28))
+    assert torch.equal(stamped[0, 0] == 1.0, expected)
+    assert all(part.offset == (10, 4) for part in trigger.split(2))
+    with pytest.raises(AttackError, match="offset"):
+        PixelPatternTrigger(pattern="square", size=4, offset=[26, 0]).mask(28, 28)
+    with pytest.raises(AttackError, match="offset"):
+        PixelPatternTrigger(offset=[1, 2, 3])

@@ -96,3 +96,18 @@ def test_bad_choice_settings_are_rejected(num_pairs, exploration):
             exploration=exploration,
             generator=torch_generator(0),
         )
+
+
+def test_exploration_draws_measured_pairs_once_every_pair_is_measured():
+    cache = ClassDistanceCache.empty(4)
+    rng = np.random.default_rng(0)
+    for source in range(4):
+        for target in range(4):
+            if source != target:
+                cache.distances[source, target] = rng.uniform(1, 10)
+    greedy = choose_pairs(cache, num_pairs=3, exploration=0.0, generator=torch_generator(0))
+    explored = [
+        tuple(choose_pairs(cache, num_pairs=3, exploration=1.0, generator=torch_generator(seed))) for seed in range(20)
+    ]
+    assert len(set(explored)) > 1 and any(set(pairs) != set(greedy) for pairs in explored)
+    assert all(len(set(pairs)) == 3 for pairs in explored)

@@ -49,6 +49,13 @@ def client():
     return model, x[index], y[index]
 
 
+def prepared(flip: FlipHardening, model, x, y, **kwargs):
+    """``start`` a round and read its transform and state without training (the state a client
+    would keep had its training used no batch)."""
+    round_ = flip.start(model, x, y, **kwargs)
+    return round_.transform, round_.new_state()
+
+
 def defense(**overrides) -> FlipHardening:
     settings = dict(num_classes=10, warmup_rounds=1, pairs_per_round=2, inversion_steps=150, exploration=0.0)
     return FlipHardening(FlipConfig(**(settings | overrides)))
@@ -61,7 +68,7 @@ def test_warmup_finds_the_backdoor_target_and_round_trips_its_state(client):
     state = {"other.key": np.arange(3)}
 
     # Execute
-    transform, new_state = defense().prepare(model, x, y, server_round=1, state=state, generator=torch_generator(0))
+    transform, new_state = prepared(defense(), model, x, y, server_round=1, state=state, generator=torch_generator(0))
 
     # Assert
     assert transform is not None
@@ -81,10 +88,10 @@ def test_warmup_finds_the_backdoor_target_and_round_trips_its_state(client):
 def test_later_rounds_invert_the_closest_pairs_and_harden(client):
     model, x, y = client
     flip = defense()
-    _, state = flip.prepare(model, x, y, server_round=1, state={}, generator=torch_generator(0))
+    _, state = prepared(flip, model, x, y, server_round=1, state={}, generator=torch_generator(0))
     visits_before = state["flip.class_visits"].copy()
 
-    transform, state = flip.prepare(model, x, y, server_round=2, state=state, generator=torch_generator(1))
+    transform, state = prepared(flip, model, x, y, server_round=2, state=state, generator=torch_generator(1))
 
     new_visits = np.argwhere(state["flip.class_visits"] > visits_before)
     assert {int(target) for _, target in new_visits} >= {TARGET}  # the closest pairs lead to label 2
@@ -99,8 +106,8 @@ def test_prepare_is_deterministic_given_the_generator(client):
     flip = defense(exploration=0.5)
     outcomes = []
     for _ in range(2):
-        _, state = flip.prepare(model, x, y, server_round=1, state={}, generator=torch_generator(3))
-        transform, state = flip.prepare(model, x, y, server_round=4, state=state, generator=torch_generator(4))
+        _, state = prepared(flip, model, x, y, server_round=1, state={}, generator=torch_generator(3))
+        transform, state = prepared(flip, model, x, y, server_round=4, state=state, generator=torch_generator(4))
         outcomes.append((state, transform(x[:64], y[:64], torch_generator(5))))
     (state_a, (x_a, y_a)), (state_b, (x_b, y_b)) = outcomes
     assert state_a.keys() == state_b.keys()
@@ -111,8 +118,14 @@ def test_prepare_is_deterministic_given_the_generator(client):
 
 def test_ablation_without_adversarial_training_only_inverts(client):
     model, x, y = client
-    transform, state = defense(adversarial_training=False, universal_targets_per_round=3).prepare(
-        model, x, y, server_round=1, state={}, generator=torch_generator(0)
+    transform, state = prepared(
+        defense(adversarial_training=False, universal_targets_per_round=3),
+        model,
+        x,
+        y,
+        server_round=1,
+        state={},
+        generator=torch_generator(0),
     )
     assert transform is None
     assert int(state["flip.class_visits"].sum()) == 3 * 9  # three targets, nine sources each
@@ -121,11 +134,11 @@ def test_ablation_without_adversarial_training_only_inverts(client):
 def test_tabular_inputs_and_bad_settings_are_rejected(client):
     model, _, y = client
     with pytest.raises(FlipConfigError, match="image"):
-        defense().prepare(model, torch.zeros(600, 784), y, server_round=1, state={}, generator=torch_generator(0))
+        prepared(defense(), model, torch.zeros(600, 784), y, server_round=1, state={}, generator=torch_generator(0))
     with pytest.raises(FlipConfigError, match="stamped_share"):
         defense(stamped_share=0.0)
     with pytest.raises(FlipConfigError, match="labels"):
-        defense(num_classes=2).prepare(
+        defense(num_classes=2).start(
             model,
             torch.zeros(3, 1, 28, 28),
             torch.tensor([0, 1, 5]),

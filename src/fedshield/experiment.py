@@ -51,6 +51,11 @@ class RunSettings:
         Evaluate each job's model every k rounds (0: only after the last round).
     root_set_size : int
         Size of FLTrust's clean root set.
+    server_learning_rate : float
+        Global step eta: the new global model is ``global + eta * aggregate``.
+    attackers_per_round : int or None
+        When set, every round in which the attack is active samples exactly this many of a
+        job's malicious clients (FLIP's protocol: 4 of 10); None samples uniformly.
     """
 
     seed: int
@@ -60,6 +65,8 @@ class RunSettings:
     max_update_norm: float = 1.0e6
     eval_every: int = 1
     root_set_size: int = 100
+    server_learning_rate: float = 1.0
+    attackers_per_round: int | None = None
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,10 @@ from fedshield.files import write_csv, write_json, write_npy, write_text, write_
 from fedshield.plots import plot_accuracy, plot_ca_curves
 from fedshield.progress import JobProgress
 from fedshield.server.checkpoints import CheckpointStore
-from fedshield.server.evaluation import test_logits, write_backdoor_plot
+from fedshield.server.evaluation import test_logits, triggered_test_set, write_backdoor_plot
 from fedshield.task.determinism import configure_torch
+from fedshield.task.metrics import attack_success_rate, mean_over_last_rounds
+from fedshield.task.training import predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,37 @@ def job_predictions(experiment: Experiment, params_by_job: dict[int, torch.Tenso
     order (FLCert), or the ensemble's own voters (CRFL's noisy copies)."""
     voters = experiment.ensemble.voters(params_by_job, seed=experiment.seed)
     return np.stack([test_logits(experiment, params).argmax(1).cpu().numpy() for params in voters]).astype(np.int64)
+
+
+def ensemble_attack_success(experiment: Experiment, params_by_job: dict[int, torch.Tensor]) -> dict[str, float]:
+    """The backdoor measured on the ensemble, not on one group model: every voter predicts the
+    triggered test inputs, the ensemble's label is their (certified) majority vote, and the
+    attack succeeds on an input when that label is the target. Empty without a trigger."""
+    triggered = triggered_test_set(experiment)
+    target = experiment.attack.target_label
+    if triggered is None or target is None:
+        return {}
+    stamped_x, stamped_y = triggered
+    voters = list(experiment.ensemble.voters(params_by_job, seed=experiment.seed))
+    predictions = np.stack(
+        [predict_logits(experiment.model_from_params(p), stamped_x).argmax(1).cpu().numpy() for p in voters]
+    ).astype(np.int64)
+    votes = votes_from_predictions(predictions, num_labels=experiment.test.num_classes)
+    certificate = experiment.ensemble.certify(
+        votes, num_clients=experiment.federation.num_clients, seed=experiment.seed
+    )
+    labels = stamped_y.cpu().numpy()
+    exclude = experiment.attack.success_rate_excludes_target
+    return {
+        "ensemble_attack_success_rate": attack_success_rate(
+            certificate.predictions, labels, target_label=target, exclude_target=exclude
+        ),
+        "voter_attack_success_rate_mean": float(
+            np.mean(
+                [attack_success_rate(row, labels, target_label=target, exclude_target=exclude) for row in predictions]
+            )
+        ),
+    }
 
 
 def votes_from_predictions(predictions: np.ndarray, *, num_labels: int) -> np.ndarray | TopVotes:
@@ -153,9 +186,27 @@ def train_jobs(experiment: Experiment, engine: Engine, store: CheckpointStore) -
     return finished
 
 
+LAST_ROUNDS = 10  # the FLIP tables' window: mean over the last 10 rounds beside the final round
+
+
+def last_rounds_summary(history: list[dict], *, num_rounds: int) -> dict[str, float | None]:
+    """Clean accuracy and attack success rate averaged over the last :data:`LAST_ROUNDS` rounds."""
+    return {
+        f"{key}_last{LAST_ROUNDS}_mean": mean_over_last_rounds(history, key, last_round=num_rounds, window=LAST_ROUNDS)
+        for key in ("accuracy", "attack_success_rate")
+    }
+
+
 def write_first_job(experiment: Experiment, job: FinishedJob, output_dir: Path, *, rule_name: str) -> None:
     """metrics.json, final_model.pt and accuracy.png of the first job (the single model)."""
-    write_json(output_dir / "metrics.json", {"job_id": job.job_id, "rounds": job.history})
+    write_json(
+        output_dir / "metrics.json",
+        {
+            "job_id": job.job_id,
+            **last_rounds_summary(job.history, num_rounds=experiment.num_rounds),
+            "rounds": job.history,
+        },
+    )
     write_torch(output_dir / "final_model.pt", experiment.model_from_params(job.params).state_dict())
     plot_accuracy(job.history, output_dir / "accuracy.png", title=f"job {job.job_id}: {rule_name}")
 
@@ -174,6 +225,7 @@ def run_summary(cfg: DictConfig, experiment: Experiment, engine: Engine, finishe
         "dataset": OmegaConf.select(cfg, "dataset._target_"),
         "final_accuracy": last.get("accuracy"),
         "final_attack_success_rate": last.get("attack_success_rate"),
+        **last_rounds_summary(finished[min(finished)].history, num_rounds=experiment.num_rounds),
         **{
             key: last[key]
             for key in ("rejected_clean", "rejected_triggered", "raw_accuracy", "raw_attack_success_rate")
@@ -214,6 +266,7 @@ def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
         "num_jobs": len(experiment.jobs),
         **run_summary(cfg, experiment, engine, finished),
         "confidence_roc_auc": None if backdoor is None else backdoor["roc_auc"],
+        **ensemble_attack_success(experiment, {job_id: job.params for job_id, job in finished.items()}),
         "cost": cost,
         "wall_time_seconds": time.perf_counter() - started,
     }

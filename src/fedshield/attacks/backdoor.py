@@ -77,6 +77,9 @@ class PixelPatternTrigger:
         Where the pattern's bounding box is placed.
     margin : int
         Distance in pixels between the bounding box and the image's edges at that corner.
+    offset : (int, int) or None
+        Explicit ``(row, column)`` of the bounding box's top-left pixel, for a trigger anywhere
+        in the image; ``corner`` and ``margin`` are then ignored.
     value : float
         Value written to the trigger's pixels in every channel (1.0: white for images in
         [0, 1]).
@@ -90,6 +93,7 @@ class PixelPatternTrigger:
         corner: str = "bottom_right",
         margin: int = 1,
         value: float = 1.0,
+        offset: Sequence[int] | None = None,
     ) -> None:
         if isinstance(pattern, str):
             mask = named_pattern(pattern, size=size)
@@ -110,6 +114,12 @@ class PixelPatternTrigger:
         self.margin = require_integer("trigger.margin", margin, minimum=0)
         self.value = float(value)
         self._pattern_mask = mask
+        self.offset: tuple[int, int] | None = None
+        if offset is not None:
+            if len(offset) != 2:
+                raise AttackError(f"trigger.offset must be [row, column] or null; got {offset!r}")
+            row, column = (require_integer(f"trigger.offset[{i}]", v, minimum=0) for i, v in enumerate(offset))
+            self.offset = (row, column)
 
     @property
     def pattern_mask(self) -> np.ndarray:
@@ -130,13 +140,21 @@ class PixelPatternTrigger:
             If the pattern plus margin does not fit in the image.
         """
         rows, columns = self._pattern_mask.shape
-        if rows + self.margin > height or columns + self.margin > width:
-            raise AttackError(
-                f"trigger of {rows}x{columns} pixels with margin {self.margin} does not fit "
-                f"an image of {height}x{width}"
-            )
-        top = self.margin if self.corner.startswith("top") else height - self.margin - rows
-        left = self.margin if self.corner.endswith("left") else width - self.margin - columns
+        if self.offset is not None:
+            top, left = self.offset
+            if top + rows > height or left + columns > width:
+                raise AttackError(
+                    f"trigger of {rows}x{columns} pixels at offset {list(self.offset)} does not fit "
+                    f"an image of {height}x{width}"
+                )
+        else:
+            if rows + self.margin > height or columns + self.margin > width:
+                raise AttackError(
+                    f"trigger of {rows}x{columns} pixels with margin {self.margin} does not fit "
+                    f"an image of {height}x{width}"
+                )
+            top = self.margin if self.corner.startswith("top") else height - self.margin - rows
+            left = self.margin if self.corner.endswith("left") else width - self.margin - columns
         full = torch.zeros((height, width), dtype=torch.bool)
         full[top : top + rows, left : left + columns] = torch.from_numpy(self._pattern_mask)
         return full
@@ -181,6 +199,7 @@ class PixelPatternTrigger:
                     corner=self.corner,
                     margin=self.margin,
                     value=self.value,
+                    offset=self.offset,
                 )
             )
         return parts
@@ -188,11 +207,12 @@ class PixelPatternTrigger:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PixelPatternTrigger):
             return NotImplemented
-        return np.array_equal(self._pattern_mask, other._pattern_mask) and (self.corner, self.margin, self.value) == (
-            other.corner,
-            other.margin,
-            other.value,
-        )
+        return np.array_equal(self._pattern_mask, other._pattern_mask) and (
+            self.corner,
+            self.margin,
+            self.value,
+            self.offset,
+        ) == (other.corner, other.margin, other.value, other.offset)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -200,7 +220,7 @@ class PixelPatternTrigger:
         size = f", size={self.size}" if isinstance(self.pattern, str) else ""
         return (
             f"PixelPatternTrigger(pattern={self.pattern!r}{size}, "
-            f"corner={self.corner!r}, margin={self.margin}, value={self.value})"
+            f"corner={self.corner!r}, margin={self.margin}, value={self.value}, offset={self.offset})"
         )
 
 
@@ -268,6 +288,9 @@ class BackdoorAttack(BoostedBackdoor):
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the trigger to test inputs (for the attack-success measurement)."""
         return self.trigger.stamp(x)
+
+    def trigger_region(self, height: int, width: int) -> torch.Tensor | None:
+        return self.trigger.mask(height, width)
 
 
 class DistributedBackdoorAttack(BackdoorAttack):

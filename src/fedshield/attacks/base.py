@@ -231,6 +231,14 @@ class Attack(ABC):  # noqa: B024 - an honest client unless a hook is overridden
     # backdoor counts every trigger sentence.
     success_rate_excludes_target: bool = True
 
+    def trigger_region(self, height: int, width: int) -> torch.Tensor | None:
+        """Boolean ``(height, width)`` pixels the trigger writes (pixel backdoors), else None.
+
+        For diagnostics only (how much of an inverted trigger lies on the real one); no
+        defense ever receives it.
+        """
+        return None
+
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the attack's trigger to test inputs (backdoor attacks only)."""
         raise NotImplementedError(f"{self.name} has no trigger")

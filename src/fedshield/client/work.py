@@ -14,7 +14,7 @@ from __future__ import annotations
 from fedshield.attacks.base import CraftContext
 from fedshield.experiment import Experiment
 from fedshield.models.params import get_flat_params
-from fedshield.task.defense import ClientState
+from fedshield.task.defense import ClientState, DefenseRound
 from fedshield.task.determinism import derive_seed, torch_generator
 from fedshield.task.messages import ClientReply, CraftRequest, TrainRequest
 from fedshield.task.training import BatchTransform, local_train
@@ -33,18 +33,42 @@ def train_step(
     state = dict(state or {})
     transform: BatchTransform | None = None
     training = experiment.training
+    defense: DefenseRound | None = None
     if attacking:
         transform = attack.prepare(model, x, y, server_round=server_round, generator=generator)
         training = attack.training_config(training)
     elif experiment.hardening is not None and not experiment.is_malicious(user_id):
-        transform, state = experiment.hardening.prepare(
-            model, x, y, server_round=server_round, state=state, generator=generator
-        )
+        defense = experiment.hardening.start(model, x, y, server_round=server_round, state=state, generator=generator)
+        transform = defense.transform
     loss = local_train(model, x, y, config=training, generator=generator, batch_transform=transform)
     update = get_flat_params(model) - request.global_params
     if attacking:
         update = attack.post_process(update, server_round=server_round, num_sampled=request.num_sampled)
-    return ClientReply(update, experiment.num_examples(user_id), loss), state
+    metrics: dict[str, float] = {}
+    if defense is not None:
+        state = defense.new_state()
+        metrics = {**defense.diagnostics(), **trigger_recovery(experiment, defense, x.shape[-2:])}
+    return ClientReply(update, experiment.num_examples(user_id), loss, metrics), state
+
+
+def trigger_recovery(experiment: Experiment, defense: DefenseRound, image_size: tuple[int, ...]) -> dict[str, float]:
+    """How much of the defense's triggers lies on the attack's real trigger (a diagnostic).
+
+    ``flip_on_trigger``: over the masks the defense used that point to the attack's target
+    label, the largest share of mask mass (L1) inside the real trigger's pixels; 0 when none
+    points there. Computed here, outside the defense, which never receives the attack's
+    trigger; the number only goes into the reply's metrics.
+    """
+    target = experiment.attack.target_label
+    region = experiment.attack.trigger_region(*image_size) if target is not None else None
+    if region is None:
+        return {}
+    shares = [
+        float(mask.abs()[region.to(mask.device)].sum() / mask.abs().sum())
+        for label, mask in defense.found_masks()
+        if label == target and float(mask.abs().sum()) > 0
+    ]
+    return {"flip_on_trigger": max(shares, default=0.0), "flip_found_target": float(bool(shares))}
 
 
 def craft_step(experiment: Experiment, request: CraftRequest) -> ClientReply:

@@ -36,6 +36,23 @@ def _check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"precision must be one of {sorted(_DTYPES)}; got {cfg.precision!r}")
     if not float(cfg.max_update_norm) > 0:
         raise ConfigError(f"max_update_norm must be > 0; got {cfg.max_update_norm}")
+    if not float(cfg.server_learning_rate) > 0:
+        raise ConfigError(f"server_learning_rate must be > 0; got {cfg.server_learning_rate}")
+
+
+def _check_attackers_per_round(experiment: Experiment) -> None:
+    attackers = experiment.settings.attackers_per_round
+    if attackers is None:
+        return
+    smallest = min(experiment.num_sampled(job) for job in experiment.jobs)
+    if not 0 <= attackers <= smallest:
+        raise ConfigError(
+            f"attackers_per_round must be in [0, {smallest}] (clients sampled per round); got {attackers}"
+        )
+    if attackers > len(experiment.malicious_ids):
+        raise ConfigError(
+            f"attackers_per_round must be <= attack.num_malicious={len(experiment.malicious_ids)}; got {attackers}"
+        )
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
@@ -47,6 +64,8 @@ def run_settings(cfg: DictConfig) -> RunSettings:
         max_update_norm=float(cfg.max_update_norm),
         eval_every=int(cfg.eval_every),
         root_set_size=int(cfg.root_set_size),
+        server_learning_rate=float(cfg.server_learning_rate),
+        attackers_per_round=None if cfg.attackers_per_round is None else int(cfg.attackers_per_round),
     )
 
 
@@ -107,6 +126,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         device=device,
         dtype=_DTYPES[str(cfg.precision)],
     )
+    _check_attackers_per_round(experiment)
     rule = experiment.new_rule()
     for job in jobs:  # the paper's precondition, checked when the run is built, not mid-run
         rule.check_precondition(experiment.num_sampled(job))

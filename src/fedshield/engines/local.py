@@ -42,8 +42,8 @@ class InProcessTransport:
         return {request.key: craft_step(self.experiment, request) for request in requests}
 
 
-def train_one_job(experiment: Experiment, job: JobSpec) -> FinishedJob:
-    (state,) = run_jobs(experiment, [job], InProcessTransport(experiment))
+def train_one_job(experiment: Experiment, job: JobSpec, on_round: OnRound | None = None) -> FinishedJob:
+    (state,) = run_jobs(experiment, [job], InProcessTransport(experiment), on_round=on_round)
     return FinishedJob(job.job_id, state.params, state.history)
 
 
@@ -73,8 +73,8 @@ class LocalEngine:
     ) -> None:
         """Train ``jobs``; call ``on_job_done`` (in this process) as each one finishes."""
         if self.workers == 1 or len(jobs) == 1:
-            for job in jobs:
-                on_job_done(train_one_job(experiment, job))
+            for job in jobs:  # in this process: report each round
+                on_job_done(train_one_job(experiment, job, on_progress))
             return
         context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init) as pool:

@@ -132,9 +132,10 @@ def choose_pairs(
     """Up to ``num_pairs`` distinct (source, target) pairs to invert this round.
 
     Each slot, with probability ``exploration``, takes an unmeasured pair uniformly at random
-    (when one is left); otherwise it takes the measured pair of smallest distance not yet
-    chosen (ties: smaller source, then smaller target), falling back to a random unmeasured
-    pair when every measured pair is taken. Pairs whose inversion failed (+inf) come last.
+    (or, when every pair has been measured, a random measured one); otherwise it takes the
+    measured pair of smallest distance not yet chosen (ties: smaller source, then smaller
+    target), falling back to a random unmeasured pair when every measured pair is taken.
+    Pairs whose inversion failed (+inf) come last.
 
     Parameters
     ----------
@@ -168,6 +169,12 @@ def choose_pairs(
         if unmeasured and (explore or not measured):
             position = int(torch.randint(len(unmeasured), (), generator=generator))
             chosen.append(unmeasured.pop(position))
+        elif explore:
+            # Every pair measured (after a warm-up): explore a random measured pair, so that a
+            # backdoor planted after the measurement can still be found (FLIP's scheduler
+            # likewise draws a random pair with probability 0.3).
+            position = int(torch.randint(len(measured), (), generator=generator))
+            chosen.append(measured.pop(position))
         else:
             chosen.append(measured.pop(0))
     return chosen

@@ -1,27 +1,35 @@
-"""FLIP on a benign client: invert triggers on the global model, then train on hardened batches.
+"""FLIP on a benign client: invert triggers on the current local model while training on them.
 
-FLIP [Zhang et al., ICLR 2023, Fig. 1] runs on benign clients only, before their
-local training in every round they take part in:
+FLIP [Zhang et al., ICLR 2023, Fig. 1 and its official code] runs on benign clients only, in
+every round they take part in:
 
-1. **Warm-up** (the client's first ``warmup_rounds`` participations): for each target label,
-   invert one universal trigger from a few samples of every other label the client holds; its
-   size seeds the client's class-distance cache for every (source, target) pair.
-2. **Later participations**: choose ``pairs_per_round`` label pairs from the cache (smallest
-   distance first, some random exploration; see :mod:`fedshield.flip.class_distance`) and
-   invert each, symmetrically when the client holds enough samples of both labels.
-3. **Hardening**: the plausible triggers (converged, mask at most ``max_mask_fraction`` of
-   the image) are stamped on copies of training samples that keep their true labels
-   (:mod:`fedshield.flip.hardening`).
+1. **Plan** the round's inversions. In a warm-up participation (the client's first
+   ``warmup_rounds``, and every ``rewarmup_every``-th after that, so that a backdoor that
+   appears after a client's first participation is seen), one *universal* trigger per target
+   label, from a few samples of every other label the client holds; otherwise
+   ``pairs_per_round`` label pairs from the class-distance cache (smallest distance first, some
+   random exploration; :mod:`fedshield.flip.class_distance`), each inverted both ways when the
+   client holds enough samples of both labels (:func:`~fedshield.flip.inversion.pair_directions`).
+2. **Invert** them on the global model before the first batch, and again on the *current local
+   model* every ``reinvert_every`` batches, so the triggers follow the model as hardening moves
+   it. Every inversion is warm-started from the client's cached mask and pattern for that
+   direction when it has one (``warm_inversion_steps``), else runs a fresh inversion
+   (``inversion_steps``); the cache lives in the client's per-job state, so a later
+   participation starts from what the client found before (FLIP's code keeps ``mask_dict``).
+   Only plausible triggers are cached: a large mask found before the backdoor existed would
+   trap the next inversion of that direction next to it.
+3. **Harden**: every batch gets stamped copies of its samples that keep their true labels,
+   stamped with the plausible triggers of the latest inversion (:mod:`fedshield.flip.hardening`).
 
-Warm-up counts the client's own participations, not the server round: the cache lives in the
-client's per-job state, and a client first sampled in round 7 has as little knowledge as one
-sampled in round 1 (FLIP's code likewise warms up a client the first time it is selected).
-The pure steps live in :mod:`~fedshield.flip.inversion`,
-:mod:`~fedshield.flip.class_distance` and :mod:`~fedshield.flip.hardening`; this class
-holds the configuration and threads the state through them.
+Participations count the client's own rounds, not the server's: a client first sampled in round
+40 knows as little as one sampled in round 1 (FLIP's code warms a client up the first time it is
+selected). The defense never sees the attack: it works from the model and the client's data
+only (the trigger-recovery diagnostic is computed outside it, in :mod:`fedshield.client.work`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,83 +38,208 @@ from torch import nn
 from fedshield.flip.class_distance import ClassDistanceCache, choose_pairs
 from fedshield.flip.config import FlipConfig, FlipConfigError
 from fedshield.flip.hardening import hardening_transform
-from fedshield.flip.inversion import (
-    InvertedTrigger,
-    invert_pair,
-    invert_universal,
-    is_plausible,
-)
-from fedshield.task.defense import ClientDefense, ClientState
+from fedshield.flip.inversion import InvertedTrigger, invert_trigger, is_plausible, pair_directions, sample_per_label
+from fedshield.task.defense import ClientDefense, ClientState, DefenseRound
 from fedshield.task.training import BatchTransform
 
 PARTICIPATIONS_KEY = "flip.participations"
+_MASK_PREFIX = "flip.mask."
+_PATTERN_PREFIX = "flip.pattern."
 
 
-class FlipHardening(ClientDefense):
-    """FLIP's benign-client hardening [Zhang et al., ICLR 2023] behind the ClientDefense hook.
+@dataclass(frozen=True)
+class Direction:
+    """One inversion of a round: samples of ``source_labels`` flipped to ``target``.
 
-    Holds a :class:`~fedshield.flip.config.FlipConfig` and threads the client's per-job state
-    (participations, class-distance cache) through the pure steps.
+    ``key`` names the cached trigger it warm-starts from: ``"u.<target>"`` for a universal
+    trigger, ``"<source>.<target>"`` for a pair direction.
     """
 
-    def __init__(self, config: FlipConfig) -> None:
-        self.config = config
+    source_labels: tuple[int, ...]
+    target: int
+    universal: bool = False
 
-    def invert(
+    @property
+    def key(self) -> str:
+        return f"u.{self.target}" if self.universal else f"{self.source_labels[0]}.{self.target}"
+
+
+def stored_triggers(state: ClientState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The client's cached ``(mask, pattern)`` per direction key, from its state."""
+    return {
+        name[len(_MASK_PREFIX) :]: (
+            torch.from_numpy(np.array(value, copy=True)),
+            torch.from_numpy(np.array(state[_PATTERN_PREFIX + name[len(_MASK_PREFIX) :]], copy=True)),
+        )
+        for name, value in state.items()
+        if name.startswith(_MASK_PREFIX) and _PATTERN_PREFIX + name[len(_MASK_PREFIX) :] in state
+    }
+
+
+class FlipRound(DefenseRound):
+    """One benign client's FLIP round: the plan, the latest triggers, the updated caches."""
+
+    def __init__(
         self,
+        config: FlipConfig,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         *,
-        cache: ClassDistanceCache,
-        warmup: bool,
+        server_round: int,
+        state: ClientState,
         generator: torch.Generator,
-    ) -> list[InvertedTrigger]:
-        """This participation's triggers; ``cache`` is updated in place with their sizes."""
-        held = sorted(int(label) for label in torch.unique(y).tolist())
-        triggers: list[InvertedTrigger] = []
-        if warmup:
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.x, self.y = x, y
+        self._state_in = state
+        self.active = server_round >= config.start_round
+        self._transform: BatchTransform | None = None
+        self.inversions = 0
+        self.triggers: list[InvertedTrigger] = []
+        if not self.active:
+            return
+        self.participations = int(np.sum(state.get(PARTICIPATIONS_KEY, 0)))
+        self.cache = ClassDistanceCache.from_state(state, config.num_classes)
+        self.stored = stored_triggers(state)
+        self.plan = self._plan(generator)
+        self.triggers = self._invert_plan(generator, rerun=False)
+        self.batches_seen = 0
+        if config.adversarial_training:
+            self._transform = self._harden
+
+    # ------------------------------------------------------------------ plan and inversion
+
+    @property
+    def warmup(self) -> bool:
+        every = self.config.rewarmup_every
+        first = self.participations < self.config.warmup_rounds
+        return first or (every is not None and self.participations > 0 and self.participations % every == 0)
+
+    def _plan(self, generator: torch.Generator) -> list[Direction]:
+        held = sorted(int(label) for label in torch.unique(self.y).tolist())
+        if self.warmup:
             # The least-measured target labels first, so that a budgeted warm-up rotates.
-            column_visits = cache.visits.sum(axis=0)
+            column_visits = self.cache.visits.sum(axis=0)
             targets = sorted(range(self.config.num_classes), key=lambda label: (column_visits[label], label))
             targets = targets[: self.config.universal_targets_per_round]
+            plan = []
             for target in targets:
-                trigger = invert_universal(
-                    model,
-                    x,
-                    y,
-                    target=target,
-                    generator=generator,
-                    config=self.config.inversion,
-                    samples_per_label=self.config.universal_samples_per_label,
-                )
-                if trigger is not None:
-                    triggers.append(trigger)
-        else:
-            pairs = choose_pairs(
-                cache,
-                num_pairs=self.config.pairs_per_round,
-                exploration=self.config.exploration,
-                generator=generator,
-                source_labels=held,
+                sources = tuple(label for label in held if label != target)
+                if sources:
+                    plan.append(Direction(sources, target, universal=True))
+            return plan
+        pairs = choose_pairs(
+            self.cache,
+            num_pairs=self.config.pairs_per_round,
+            exploration=self.config.exploration,
+            generator=generator,
+            source_labels=held,
+        )
+        return [
+            Direction((from_label,), to_label)
+            for source, target in pairs
+            for from_label, to_label in pair_directions(
+                self.y, source, target, symmetric_min_samples=self.config.symmetric_min_samples
             )
-            for source, target in pairs:
-                triggers += invert_pair(
-                    model,
-                    x,
-                    y,
-                    source=source,
-                    target=target,
-                    generator=generator,
-                    config=self.config.inversion,
-                    symmetric_min_samples=self.config.symmetric_min_samples,
-                    samples_per_label=self.config.samples_per_label,
-                )
-        for trigger in triggers:
-            cache.update(trigger)
-        return triggers
+        ]
 
-    def prepare(
+    def _invert(self, direction: Direction, generator: torch.Generator) -> InvertedTrigger:
+        per_label = self.config.universal_samples_per_label if direction.universal else self.config.samples_per_label
+        index = sample_per_label(
+            self.y, labels=direction.source_labels, samples_per_label=per_label, generator=generator
+        )
+        warm = self.stored.get(direction.key) if self.config.warm_start else None
+        inversion = self.config.inversion
+        trigger = invert_trigger(
+            self.model,
+            self.x[index],
+            target_label=direction.target,
+            steps=self.config.warm_inversion_steps if warm is not None else inversion.steps,
+            learning_rate=inversion.learning_rate,
+            initial_cost=inversion.initial_cost,
+            min_success=inversion.min_success,
+            generator=generator,
+            source_labels=direction.source_labels,
+            initial_mask=None if warm is None else warm[0],
+            initial_pattern=None if warm is None else warm[1],
+        )
+        self.inversions += 1
+        self.cache.update(trigger)
+        # Only a plausible trigger is a start worth keeping: warm-starting from a large mask
+        # found before the backdoor existed would trap the next inversion next to it.
+        if is_plausible(trigger, max_mask_fraction=self.config.max_mask_fraction):
+            self.stored[direction.key] = (trigger.mask, trigger.pattern)
+        else:
+            self.stored.pop(direction.key, None)
+        return trigger
+
+    def _invert_plan(self, generator: torch.Generator, *, rerun: bool) -> list[InvertedTrigger]:
+        """Invert every planned direction; a re-run (during training) re-inverts only the
+        directions with a cached trigger to warm-start from, and keeps the others' last result."""
+        if not rerun:
+            return [self._invert(direction, generator) for direction in self.plan]
+        return [
+            self._invert(direction, generator) if direction.key in self.stored else previous
+            for direction, previous in zip(self.plan, self.triggers, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ hardening
+
+    def plausible(self) -> list[InvertedTrigger]:
+        return [t for t in self.triggers if is_plausible(t, max_mask_fraction=self.config.max_mask_fraction)]
+
+    def _harden(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        every = self.config.reinvert_every
+        if every > 0 and self.batches_seen > 0 and self.batches_seen % every == 0:
+            self.triggers = self._invert_plan(generator, rerun=True)  # on the current local model
+        self.batches_seen += 1
+        plausible = self.plausible()
+        if not plausible:
+            return x, y
+        return hardening_transform(plausible, stamped_share=self.config.stamped_share)(x, y, generator)
+
+    # ------------------------------------------------------------------ DefenseRound
+
+    @property
+    def transform(self) -> BatchTransform | None:
+        return self._transform
+
+    def new_state(self) -> ClientState:
+        state = {key: np.array(value, copy=True) for key, value in self._state_in.items()}
+        if not self.active:
+            return state
+        state.update(self.cache.to_state())
+        for key, (mask, pattern) in self.stored.items():
+            state[_MASK_PREFIX + key] = mask.numpy().astype(np.float32)
+            state[_PATTERN_PREFIX + key] = pattern.numpy().astype(np.float32)
+        state[PARTICIPATIONS_KEY] = np.array([self.participations + 1], dtype=np.int64)
+        return state
+
+    def diagnostics(self) -> dict[str, float]:
+        if not self.active:
+            return {}
+        plausible = self.plausible()
+        return {
+            "flip_inversions": float(self.inversions),
+            "flip_triggers": float(len(plausible)),
+            "flip_mask_l1": float(np.mean([t.mask_l1 for t in plausible])) if plausible else float("nan"),
+        }
+
+    def found_masks(self) -> list[tuple[int, torch.Tensor]]:
+        return [(t.target_label, t.mask[0]) for t in self.plausible()] if self.active else []
+
+
+class FlipHardening(ClientDefense):
+    """FLIP's benign-client side [Zhang et al., ICLR 2023] behind the ClientDefense hook."""
+
+    def __init__(self, config: FlipConfig) -> None:
+        self.config = config
+
+    def start(
         self,
         model: nn.Module,
         x: torch.Tensor,
@@ -115,12 +248,12 @@ class FlipHardening(ClientDefense):
         server_round: int,
         state: ClientState,
         generator: torch.Generator,
-    ) -> tuple[BatchTransform | None, ClientState]:
-        """Invert, update the class-distance cache, and return the hardening transform.
+    ) -> FlipRound:
+        """Plan and run this round's first inversions on ``model`` (the global model).
 
-        Returns ``(None, new_state)`` when no trigger is plausible or hardening is switched
-        off. ``state`` and ``model`` are not modified; the result depends only on the inputs
-        and ``generator``'s state.
+        ``state`` is not modified; the round's transform keeps ``model`` and re-inverts on it as
+        local training changes it. Before ``start_round`` the round does nothing (no transform,
+        state unchanged, no random draw).
         """
         if server_round < 1:
             raise FlipConfigError(f"server_round must be >= 1; got {server_round}")
@@ -128,29 +261,8 @@ class FlipHardening(ClientDefense):
             raise FlipConfigError(f"FLIP inverts image triggers and needs inputs (N, C, H, W); got {tuple(x.shape)}")
         if len(y) == 0:
             raise FlipConfigError("FLIP needs a client with at least one sample; got none")
-        if server_round < self.config.start_round:
-            return None, dict(state)
-        if int(y.min()) < 0 or int(y.max()) >= self.config.num_classes:
+        if server_round >= self.config.start_round and (int(y.min()) < 0 or int(y.max()) >= self.config.num_classes):
             raise FlipConfigError(
                 f"labels must lie in [0, {self.config.num_classes}); got [{int(y.min())}, {int(y.max())}]"
             )
-        participations = int(np.sum(state.get(PARTICIPATIONS_KEY, 0)))
-        cache = ClassDistanceCache.from_state(state, self.config.num_classes)
-        triggers = self.invert(
-            model,
-            x,
-            y,
-            cache=cache,
-            warmup=participations < self.config.warmup_rounds,
-            generator=generator,
-        )
-        plausible = [
-            trigger for trigger in triggers if is_plausible(trigger, max_mask_fraction=self.config.max_mask_fraction)
-        ]
-        transform = None
-        if self.config.adversarial_training and plausible:
-            transform = hardening_transform(plausible, stamped_share=self.config.stamped_share)
-        new_state = {key: np.array(value, copy=True) for key, value in state.items()}
-        new_state.update(cache.to_state())
-        new_state[PARTICIPATIONS_KEY] = np.array([participations + 1], dtype=np.int64)
-        return transform, new_state
+        return FlipRound(self.config, model, x, y, server_round=server_round, state=state, generator=generator)

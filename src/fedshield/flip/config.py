@@ -56,6 +56,19 @@ class FlipConfig:
     start_round : int
         First server round in which benign clients run FLIP (FLIP starts from a converged
         model: run the clean warm-up rounds without it).
+    reinvert_every : int
+        Batches between re-inversions on the current local model during training (FLIP's
+        code: 2); 0 inverts only once, on the global model, before the first batch.
+    warm_inversion_steps : int
+        Steps of an inversion warm-started from the client's cached trigger for the same
+        direction (FLIP's code: 50 to 200); a fresh inversion takes ``inversion_steps``.
+    warm_start : bool
+        Keep each direction's last converged trigger in the client's state and start the next
+        inversion of that direction from it (FLIP's ``mask_dict``).
+    rewarmup_every : int or None
+        Redo the universal warm-up every this many participations of a client, so that a
+        backdoor injected after its first participation is measured (None: first
+        ``warmup_rounds`` participations only).
     """
 
     num_classes: int = 10
@@ -75,6 +88,10 @@ class FlipConfig:
     universal_targets_per_round: int | None = None
     tau: float = 0.3
     start_round: int = 1
+    reinvert_every: int = 2
+    warm_inversion_steps: int = 50
+    warm_start: bool = True
+    rewarmup_every: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +111,9 @@ class FlipConfig:
                 "universal_targets_per_round",
                 "must be >= 1 or null",
             ),
+            (self.reinvert_every >= 0, "reinvert_every", "must be >= 0"),
+            (self.warm_inversion_steps >= 1, "warm_inversion_steps", "must be >= 1"),
+            (self.rewarmup_every is None or self.rewarmup_every >= 1, "rewarmup_every", "must be >= 1 or null"),
         ]
         for ok, name, allowed in checks:
             if not ok:

@@ -472,6 +472,18 @@ def sample_per_label(
     return torch.cat(chosen)
 
 
+def pair_directions(y: torch.Tensor, source: int, target: int, *, symmetric_min_samples: int) -> list[tuple[int, int]]:
+    """The (from, to) directions FLIP inverts for a label pair: source to target, and target to
+    source when the client holds more than ``symmetric_min_samples`` samples of both labels
+    (symmetric inversion; asymmetric otherwise). A direction whose source label the client
+    does not hold is skipped."""
+    count_source, count_target = int((y == source).sum()), int((y == target).sum())
+    directions = [(source, target)] if count_source > 0 else []
+    if count_source > symmetric_min_samples and count_target > symmetric_min_samples:
+        directions.append((target, source))
+    return directions
+
+
 def invert_pair(
     model: nn.Module,
     x: torch.Tensor,
@@ -508,13 +520,8 @@ def invert_pair(
     if symmetric_min_samples < 0:
         raise TriggerInversionError(f"symmetric_min_samples must be >= 0; got {symmetric_min_samples}")
     config = config or InversionConfig()
-    count_source = int((y == source).sum())
-    count_target = int((y == target).sum())
-    directions = [(source, target)] if count_source > 0 else []
-    if count_source > symmetric_min_samples and count_target > symmetric_min_samples:
-        directions.append((target, source))
     triggers = []
-    for from_label, to_label in directions:
+    for from_label, to_label in pair_directions(y, source, target, symmetric_min_samples=symmetric_min_samples):
         index = sample_per_label(y, labels=(from_label,), samples_per_label=samples_per_label, generator=generator)
         triggers.append(
             invert_trigger(

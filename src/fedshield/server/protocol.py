@@ -27,7 +27,7 @@ from fedshield.experiment import Experiment
 from fedshield.models.params import get_flat_params
 from fedshield.rules import AggregationRule
 from fedshield.server.evaluation import evaluate_params
-from fedshield.server.rounds import aggregate_round, sample_clients, server_reference_update
+from fedshield.server.rounds import aggregate_round, sample_clients, sample_with_attackers, server_reference_update
 from fedshield.task.jobs import JobSpec
 from fedshield.task.messages import ClientReply, CraftRequest, ReplyKey, TrainRequest
 
@@ -55,9 +55,25 @@ def start_jobs(experiment: Experiment, jobs: Iterable[JobSpec]) -> list[JobState
 
 
 def sample_round(experiment: Experiment, states: list[JobState], server_round: int) -> dict[int, tuple[int, ...]]:
-    """Each job's sampled user IDs (sorted), keyed by job ID."""
+    """Each job's sampled user IDs (sorted), keyed by job ID.
+
+    Uniform, unless ``attackers_per_round`` is set and the attack is active this round: then
+    each job's sample holds that many of its malicious clients (the FLIP paper's protocol).
+    """
+    attackers = experiment.settings.attackers_per_round
+    if attackers is None or not experiment.attack.is_active(server_round):
+        return {
+            s.job.job_id: sample_clients(s.job, server_round, num_sampled=experiment.num_sampled(s.job)) for s in states
+        }
     return {
-        s.job.job_id: sample_clients(s.job, server_round, num_sampled=experiment.num_sampled(s.job)) for s in states
+        s.job.job_id: sample_with_attackers(
+            s.job,
+            server_round,
+            num_sampled=experiment.num_sampled(s.job),
+            malicious=experiment.malicious_ids,
+            num_attackers=attackers,
+        )
+        for s in states
     }
 
 
@@ -123,6 +139,7 @@ def finish_job_round(
         {uid: reply.num_examples for uid, reply in arrived.items()},
         max_update_norm=experiment.settings.max_update_norm,
         server_update=server_update,
+        server_learning_rate=experiment.settings.server_learning_rate,
     )
     state.params = experiment.ensemble.postprocess_round(
         outcome.params, job_seed=state.job.seed, server_round=server_round
@@ -137,6 +154,7 @@ def finish_job_round(
         "kept_model": outcome.skipped_reason is not None,
         "train_loss": _mean([r.loss for r in arrived.values() if r.loss == r.loss]),
         "wall_time": time.perf_counter() - started,
+        **client_metrics(list(arrived.values())),
     }
     every = experiment.settings.eval_every
     if (every > 0 and server_round % every == 0) or server_round == experiment.num_rounds:
@@ -170,6 +188,15 @@ def run_jobs(
         if on_round is not None:
             on_round(server_round)
     return states
+
+
+def client_metrics(replies: list[ClientReply]) -> dict[str, float]:
+    """Mean of each diagnostic the replies carry (over the replies that carry it; NaNs skipped)."""
+    keys = sorted({key for reply in replies for key in reply.metrics})
+    return {
+        key: _mean([r.metrics[key] for r in replies if key in r.metrics and r.metrics[key] == r.metrics[key]])
+        for key in keys
+    }
 
 
 def _mean(values: list[float]) -> float:

@@ -40,6 +40,28 @@ def sample_clients(job: JobSpec, server_round: int, *, num_sampled: int) -> tupl
     return tuple(sorted(job.client_ids[int(i)] for i in chosen))
 
 
+def sample_with_attackers(
+    job: JobSpec, server_round: int, *, num_sampled: int, malicious: frozenset[int], num_attackers: int
+) -> tuple[int, ...]:
+    """Seeded sample of ``num_sampled`` clients holding exactly ``num_attackers`` malicious ones.
+
+    The FLIP paper's protocol (Sec. 5.1): "in each round we randomly select 10 clients,
+    including 4 adversaries and 6 benign clients". Attackers and benign clients are drawn
+    uniformly without replacement from the job's malicious and benign clients; when the job
+    holds fewer of one kind, the sample takes all of them and fills up with the other kind.
+    Sorted by user ID.
+    """
+    bad = [uid for uid in job.client_ids if uid in malicious]
+    good = [uid for uid in job.client_ids if uid not in malicious]
+    take_bad = min(num_attackers, len(bad), num_sampled)
+    take_good = min(num_sampled - take_bad, len(good))
+    take_bad = num_sampled - take_good  # fill up with attackers when benign clients run out
+    rng = np.random.default_rng(derive_seed("sample-attackers", job.seed, server_round))
+    chosen = [bad[int(i)] for i in rng.choice(len(bad), size=take_bad, replace=False)]
+    chosen += [good[int(i)] for i in rng.choice(len(good), size=take_good, replace=False)]
+    return tuple(sorted(chosen))
+
+
 def server_reference_update(
     experiment: Experiment, job: JobSpec, server_round: int, global_params: torch.Tensor
 ) -> torch.Tensor:
@@ -60,6 +82,7 @@ def aggregate_round(
     *,
     max_update_norm: float,
     server_update: torch.Tensor | None = None,
+    server_learning_rate: float = 1.0,
 ) -> RoundOutcome:
     """Screen the replies (drop malformed ones, logged), aggregate with ``rule``, step the model.
 
@@ -80,4 +103,6 @@ def aggregate_round(
     if aggregate is None:
         logger.warning("keeping the model unchanged this round: %s", reason)
         return RoundOutcome(global_params, len(client_ids), screened.rejected, reason)
-    return RoundOutcome(global_params + aggregate, len(client_ids), screened.rejected, None)
+    # eta = 1 adds the aggregate as is (bit-identical to runs before eta existed).
+    step = aggregate if server_learning_rate == 1.0 else server_learning_rate * aggregate
+    return RoundOutcome(global_params + step, len(client_ids), screened.rejected, None)

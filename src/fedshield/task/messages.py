@@ -8,7 +8,7 @@ function call, a Flower message); the key of a reply is ``(job_id, user_id)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,8 @@ class ClientReply:
     update: torch.Tensor
     num_examples: int
     loss: float
+    # Diagnostics the server averages into the round's record (e.g. FLIP's inverted-mask size).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,21 @@ def attack_success_rate(
             f"{target_label}; got {len(labels)} inputs, all of the target label"
         )
     return float(np.mean(succeeded[eligible]))
+
+
+def mean_over_last_rounds(history: list[dict], key: str, *, last_round: int, window: int = 10) -> float | None:
+    """Mean of ``key`` over the evaluated rounds among the last ``window`` rounds.
+
+    A single round's attack success rate swings (6% to 87% between two rounds was seen under a
+    continuous backdoor), so the FLIP tables report this mean beside the final round's value.
+    Rounds ``last_round - window + 1 .. last_round`` that recorded ``key`` count; None when none
+    did (e.g. ``eval_every`` larger than the window, or no trigger to measure).
+    """
+    if window < 1:
+        raise MetricError(f"window must be >= 1; got {window}")
+    values = [
+        float(record[key])
+        for record in history
+        if record.get(key) is not None and last_round - window < int(record["round"]) <= last_round
+    ]
+    return sum(values) / len(values) if values else None

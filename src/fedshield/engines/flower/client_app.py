@@ -81,9 +81,7 @@ def train(message: Message, context: Context) -> Message:
     reply, state = train_step(experiment, request, record_to_state(context.state.array_records.get(state_key)))
     if state:
         context.state[state_key] = state_to_record(state)
-    content = reply_content(
-        job_id=job.job_id, user_id=user_id, update=reply.update, num_examples=reply.num_examples, loss=reply.loss
-    )
+    content = reply_content(job_id=job.job_id, user_id=user_id, reply=reply)
     return Message(content, reply_to=message)
 
 
@@ -101,7 +99,5 @@ def craft(message: Message, context: Context) -> Message:
         global_params=record_tensor(arrays, "params"),
     )
     reply = craft_step(experiment, request)
-    content = reply_content(
-        job_id=job.job_id, user_id=user_id, update=reply.update, num_examples=reply.num_examples, loss=reply.loss
-    )
+    content = reply_content(job_id=job.job_id, user_id=user_id, reply=reply)
     return Message(content, reply_to=message)

@@ -7,6 +7,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedshield.task.defense import ClientState
+from fedshield.task.messages import ClientReply
 
 EXPERIMENT_KEY = "experiment"  # the resolved YAML of the run, carried by every work message
 
@@ -64,11 +65,24 @@ def record_to_state(record: ArrayRecord | None) -> ClientState:
     return {name: np.array(record[name].numpy(), copy=True) for name in record.keys()}
 
 
-def reply_content(*, job_id: int, user_id: int, update: torch.Tensor, num_examples: int, loss: float) -> RecordDict:
+DIAGNOSTIC_PREFIX = "diag."  # a ClientReply.metrics entry travels as "diag.<name>"
+
+
+def reply_content(*, job_id: int, user_id: int, reply: ClientReply) -> RecordDict:
+    diagnostics = {DIAGNOSTIC_PREFIX + name: float(value) for name, value in reply.metrics.items()}
     return RecordDict(
         {
-            "update": tensor_record(update=update),
-            "metrics": MetricRecord({"num-examples": num_examples, "loss": loss}),
+            "update": tensor_record(update=reply.update),
+            "metrics": MetricRecord({"num-examples": reply.num_examples, "loss": reply.loss, **diagnostics}),
             "who": ConfigRecord({"job-id": job_id, "user-id": user_id}),
         }
     )
+
+
+def reply_diagnostics(metrics: ConfigRecord | MetricRecord) -> dict[str, float]:
+    """The ``ClientReply.metrics`` carried by a reply's metric record."""
+    return {
+        name[len(DIAGNOSTIC_PREFIX) :]: as_float(value)
+        for name, value in metrics.items()
+        if name.startswith(DIAGNOSTIC_PREFIX)
+    }

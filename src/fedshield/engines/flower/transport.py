@@ -14,6 +14,7 @@ from fedshield.engines.flower.records import (
     as_float,
     as_int,
     record_tensor,
+    reply_diagnostics,
     scalars,
     tensor_record,
 )
@@ -93,6 +94,7 @@ class FlowerTransport:
                 record_tensor(array_record(reply.content, "update"), "update"),
                 as_int(metrics["num-examples"]),
                 as_float(metrics["loss"]),
+                reply_diagnostics(metrics),
             )
         return replies
 
