@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_torch(threads=1)
     overrides = ["experiment=flip_mnist", f"dataset.root={MNIST_ROOT}", "defense.start_round=1", *args.overrides]
-    flip = build_experiment(compose_config(overrides))
+    flip = build_experiment(compose_config(overrides, output_dir=REPO / "outputs" / "bench_flip_cost"))
     fedavg = replace(flip, hardening=None, rejection=None, _client_tensors={}, _work_models={})
     job = flip.jobs[0]
     params = get_flat_params(flip.initial_model(job))

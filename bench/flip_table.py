@@ -1,41 +1,33 @@
-"""FLIP's experiment table on real MNIST: defenses against single-shot and continuous backdoors.
+"""FLIP's experiment table on real MNIST: defenses against continuous and single-shot backdoors.
 
-Run: ``.venv/bin/python bench/flip_table.py`` (full scale: 23 minutes on the 2 development
-cores while other jobs shared them; about 15 alone) or ``--quick`` (a smoke run of the same
-rows: 3-9 minutes). Prints a markdown table and writes ``flip_table.csv`` (and every run's
-folder) under ``--output``.
+Run: ``.venv/bin/python bench/flip_table.py`` (full scale: about 45 minutes with ``--jobs 2`` on the
+2 development cores) or ``--quick`` (a smoke run of the same rows). Prints a markdown table and
+writes ``flip_table.csv`` (and every run's folder) under ``--output``; ``--reuse`` reads rows whose
+run folder already holds a summary (to finish an interrupted table).
 
-Full scale: ``experiment=flip_mnist`` (continuous backdoor) and
-``experiment=flip_mnist_single_shot`` (model replacement in round 21), see those files: the 10k
-MNIST (8,000 train / 2,000 test), 100 clients with Dirichlet(0.5) labels, 10 sampled per round,
-40 malicious (4 per round on average), 20 clean FedAvg rounds, then the attack (target label
-2, 20 of 64 poisoned) and FLIP (tau = 0.3) from round 21 to round 32; the FLCert CNN.
-``--quick``: 20 clients (8 malicious), 10 per round, 5 clean rounds, 8 rounds in all, 10-step
-inversions (the numbers mean little; it checks that every row runs).
+Settings (``SETTINGS``): the FLIP paper's protocol at this machine's scale, ``experiment=flip_mnist``
+(continuous, rounds 21-80 attacked, 4 attackers in every round) and
+``experiment=flip_mnist_single_shot`` (the 4 attackers in round 21, 32 rounds), for the CNN and
+the logistic regression (``model=logistic``), and three other triggers for the CNN (a 5x5 plus
+near the centre -> 7, a 4x4 square top left -> 0, the FLIP code's four DBA stripes -> 2), all
+with the same FLIP settings (``conf/defense/flip.yaml``).
 
-Rows, for each attack:
+Rows (all of them for "CNN continuous", FedAvg and FedAvg + FLIP for the other settings):
 
-- ``FedAvg``: no defense;
-- ``FedAvg + FLIP``: ``defense=flip``;
-- ``Median``, ``Trimmed mean`` (4 trimmed per side, for the 4 attackers expected per round;
-  with 10 sampled updates this leaves the middle two, i.e. the coordinate-wise median, so the
-  two rows coincide), ``Krum`` (f = 3: Krum needs n >= 2f + 3 = 9 of the 10 sampled) without
-  FLIP;
-- ``FLIP vs adaptive``: FLIP against ``attack=adaptive_flip`` (the attacker inverts FLIP's
-  triggers on the global model and trains them towards its target);
-- ``FLIP w/o adv. training``: ``defense.adversarial_training=false`` (invert, no hardening;
-  only the threshold acts);
-- ``FLIP w/o threshold``: ``defense.tau=0``. The threshold acts only at inference, so
-  training is bit for bit that of ``FedAvg + FLIP`` and this row is that run's unrejected
-  metrics (``raw_*``); ``--rerun-threshold-ablation`` trains it again instead (``--quick``
-  always does, and checks that the two agree).
+- ``FedAvg``: no defense; ``FedAvg + FLIP``: ``defense=flip``;
+- ``Median``, ``Trimmed mean`` (4 trimmed per side, which with 10 updates is the median),
+  ``Krum`` (f = 3: Krum needs n >= 2f + 3 = 9 of the 10 sampled), without FLIP;
+- ``FLIP vs adaptive``: ``attack=adaptive_flip`` (the attacker inverts FLIP's triggers on the
+  global model and trains them towards its target);
+- ``FLIP w/o adv. training``: ``defense.adversarial_training=false`` (only the threshold acts);
+- ``FLIP w/o threshold``: ``defense.tau=0``. tau acts only at inference, so this row is the FLIP
+  run's unrejected metrics (``raw_*``); ``--rerun-threshold-ablation`` trains it again instead.
 
-Columns: clean accuracy and attack success rate (ASR) of the final global model, counting a
-rejected input as wrong / as a failed attack (FLIP's accounting); the unrejected values; the
-rejected clean (of 2,000) and triggered (of the 1,801 test inputs whose label is not the
-target) inputs; the wall time of the row. Rows run ``--jobs`` at a time (default 2), each in
-its own process on one torch thread (each row is a single FL job, which ``engine=local`` runs
-in-process whatever ``engine.workers`` says).
+Columns: clean accuracy (final round, and mean over the last 10 rounds), attack success rate
+(mean over the last 10 rounds, and the final round), FLIP's accounting (a rejected input counts
+as wrong / as a failed attack), the unrejected ASR, the rejected clean and triggered inputs of
+the final round, and the row's wall time. Rows run ``--jobs`` at a time, each in its own process
+on one torch thread.
 """
 
 from __future__ import annotations
@@ -104,8 +96,8 @@ QUICK = [
     "attackers_per_round=2",
     "num_rounds=8",
     "defense.start_round=6",
-    "defense.inversion_steps=10",
-    "defense.warm_inversion_steps=3",
+    "++defense.inversion_steps=10",
+    "++defense.warm_inversion_steps=3",
 ]
 QUICK_START = {"continuous": ["attack.schedule.start_round=6"], "single-shot": ["attack.schedule.rounds=[6]"]}
 COLUMNS = [
@@ -135,8 +127,11 @@ class Row:
 
     @property
     def folder(self) -> str:
-        slug = "".join(c if c.isalnum() else "_" for c in self.name.lower()).strip("_")
-        return f"{self.attack.replace('-', '_')}/{slug}"
+        # Hydra parses output_dir=<folder> as an override: letters, digits and _ only.
+        def slug(text: str) -> str:
+            return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+        return f"{slug(self.attack)}/{slug(self.name)}"
 
 
 def plan(*, quick: bool, rerun_threshold_ablation: bool, only: str | None) -> list[Row]:
@@ -155,14 +150,18 @@ def plan(*, quick: bool, rerun_threshold_ablation: bool, only: str | None) -> li
     return rows
 
 
-def run_row(row: Row, output: Path) -> dict:
+def run_row(row: Row, output: Path, reuse: bool = False) -> dict:
     """Train one row in this process; return its table entry."""
     from fedshield.config import compose_config
     from fedshield.run import run
 
     run_dir = output / row.folder
     started = time.perf_counter()
-    summary = run(compose_config(list(row.overrides), output_dir=run_dir))
+    if reuse and (run_dir / "summary.json").exists():  # a finished row of an earlier call
+        summary = json.loads((run_dir / "summary.json").read_text())
+        started -= summary["wall_time_seconds"]
+    else:
+        summary = run(compose_config(list(row.overrides), output_dir=run_dir))
     rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
     last = rounds[-1]
     return {
@@ -244,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train the tau = 0 row instead of reading FedAvg + FLIP's raw metrics",
     )
-    parser.add_argument("--only", help="run only the rows whose 'attack name' contains this text")
+    parser.add_argument("--only", help="run only the rows whose 'setting name' contains this text")
+    parser.add_argument("--reuse", action="store_true", help="read rows whose run folder already has a summary")
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     rows = plan(quick=args.quick, rerun_threshold_ablation=args.rerun_threshold_ablation, only=args.only)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_row, row, args.output): row for row in rows}
+        futures = {pool.submit(run_row, row, args.output, args.reuse): row for row in rows}
         for future in as_completed(futures):
             result = future.result()
             results.append(result)

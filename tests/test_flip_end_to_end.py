@@ -28,14 +28,23 @@ from fedshield.run import run
 
 pytestmark = pytest.mark.slow
 
-# bench/flip_table.py --quick's scale: 5 clean rounds, the attack and FLIP from round 6 to 8.
+# A small scale: 5 clean rounds, the attack and FLIP from round 6 to 8; 8 of 20 clients
+# malicious, sampled uniformly (about 4 of the 10 per round), 10 local steps.
 TEST_SCALE = [
     "num_clients=20",
     "sample_fraction=0.5",
     "attack.num_malicious=8",
+    "attackers_per_round=null",
+    "client.local_steps=10",
     "num_rounds=8",
+    "eval_every=2",
     "defense.start_round=6",
-    "defense.inversion_steps=10",
+    # ++: also valid with defense=none, where the keys land in an empty (unused) defense node
+    "++defense.inversion_steps=10",
+    "++defense.warm_inversion_steps=3",
+    "++defense.inversion_learning_rate=0.2",  # a 10-step inversion needs a fast start
+    "++defense.initial_cost=0.03",
+    "++defense.universal_samples_per_label=3",
 ]
 
 
@@ -119,7 +128,7 @@ def test_flip_inside_flcert_d_reports_certificates_and_attack_success(shared_mni
         f"dataset.root={shared_mnist_root}",
         *TEST_SCALE,
         "model=mlp",
-        "num_rounds=3",
+        "num_rounds=5",
         "eval_every=1",
         "defense.start_round=2",
         "attack.schedule.start_round=2",
@@ -157,7 +166,7 @@ def test_flip_inside_flcert_d_reports_certificates_and_attack_success(shared_mni
     assert summary["certified_accuracy"] == expected
     assert summary["ensemble_accuracy"] == float(correct.mean())
     # FLIP's rejection (tau) is evaluated every round, and the summary reports job 0's last round.
-    assert [r["round"] for r in rounds] == [1, 2, 3] and all("roc_auc" in r for r in rounds)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5] and all("roc_auc" in r for r in rounds)
     last = rounds[-1]
     assert not math.isnan(last["attack_success_rate"]) and 0.0 <= last["attack_success_rate"] <= 1.0
     assert summary["final_accuracy"] == last["accuracy"]
