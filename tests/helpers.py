@@ -135,3 +135,43 @@ class MaliciousAbsentEngine:
         transport = AbsentRepliesTransport(experiment, user_ids=experiment.malicious_ids)
         for state in run_jobs(experiment, list(jobs), transport, on_round=on_progress):
             on_job_done(FinishedJob(state.job.job_id, state.params, state.history))
+
+
+def stamp_square_poison(target: int, *, count: int = 13):
+    """Batch poisoning for the test fixtures: the first ``count`` samples get a 4x4 white square
+    in the bottom-right corner and label ``target``."""
+
+    def poison(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = x.clone(), y.clone()
+        x[:count, :, -4:, -4:] = 1.0
+        y[:count] = target
+        return x, y
+
+    return poison
+
+
+def backdoored_logistic(poison, *, steps: int = 300, clients: int = 600):
+    """A logistic regression trained on mnist5k with ``poison`` applied to every batch (the
+    backdoored global model of the FLIP tests), and one benign client's ``clients`` samples."""
+    import torch.nn.functional as F
+
+    from fedshield.data import load_dataset
+    from fedshield.models import LogisticRegression
+    from fedshield.task.determinism import torch_generator
+
+    torch.set_num_threads(1)
+    train, _ = load_dataset("mnist5k")
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    torch.manual_seed(0)
+    model = LogisticRegression(input_shape=(1, 28, 28), num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    generator = torch_generator(0)
+    for _ in range(steps):
+        index = torch.randint(len(y), (64,), generator=generator)
+        batch_x, batch_y = poison(x[index], y[index], generator)
+        optimizer.zero_grad()
+        F.cross_entropy(model(batch_x), batch_y).backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    index = torch.randperm(len(y), generator=torch_generator(1))[:clients]  # mnist5k is sorted by label
+    return model, x[index], y[index]

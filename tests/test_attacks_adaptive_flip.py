@@ -8,7 +8,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from fedshield.attacks import (
@@ -20,12 +19,12 @@ from fedshield.attacks import (
     counter_hardening_batch,
 )
 from fedshield.config import compose_config
-from fedshield.data import load_dataset
 from fedshield.flip import FlipConfig, FlipHardening
 from fedshield.flip.hardening import hardening_transform
 from fedshield.flip.inversion import InvertedTrigger, mask_mass_within
 from fedshield.models import LogisticRegression
 from fedshield.task.determinism import torch_generator
+from helpers import backdoored_logistic
 
 TARGET = 2
 
@@ -33,24 +32,8 @@ TARGET = 2
 @pytest.fixture(scope="module")
 def backdoored():
     """A logistic regression backdoored with the attack's own trigger, and 600 client samples."""
-    torch.set_num_threads(1)
     attack = BackdoorAttack(num_malicious=1, target_label=TARGET, poison_per_batch=13)
-    poison = attack.training_transform(server_round=1)
-    train, _ = load_dataset("mnist5k")
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    torch.manual_seed(0)
-    model = LogisticRegression(input_shape=(1, 28, 28), num_classes=10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    generator = torch_generator(0)
-    for _ in range(300):
-        index = torch.randint(len(y), (64,), generator=generator)
-        batch_x, batch_y = poison(x[index], y[index], generator)
-        optimizer.zero_grad()
-        F.cross_entropy(model(batch_x), batch_y).backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    index = torch.randperm(len(y), generator=torch_generator(1))[:600]  # mnist5k is sorted by label
-    return model, x[index], y[index]
+    return backdoored_logistic(attack.training_transform(server_round=1))
 
 
 def adaptive(**overrides) -> AdaptiveFlipBackdoor:

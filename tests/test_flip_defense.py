@@ -7,13 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from fedshield.data import load_dataset
 from fedshield.flip import FlipConfig, FlipConfigError, FlipHardening
 from fedshield.flip.class_distance import ClassDistanceCache
-from fedshield.models import LogisticRegression
 from fedshield.task.determinism import torch_generator
+from helpers import backdoored_logistic, stamp_square_poison
 
 # The module fixture trains a backdoored logistic regression (300 SGD steps) that every test uses.
 pytestmark = pytest.mark.slow
@@ -30,23 +28,7 @@ def stamp_square(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def client():
     """A backdoored logistic regression (the global model) and one benign client's 600 samples."""
-    torch.set_num_threads(1)
-    train, _ = load_dataset("mnist5k")
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    torch.manual_seed(0)
-    model = LogisticRegression(input_shape=(1, 28, 28), num_classes=10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    generator = torch_generator(0)
-    for _ in range(300):
-        index = torch.randint(len(y), (64,), generator=generator)
-        batch_x, batch_y = x[index].clone(), y[index].clone()
-        batch_x[:13], batch_y[:13] = stamp_square(batch_x[:13]), TARGET
-        optimizer.zero_grad()
-        F.cross_entropy(model(batch_x), batch_y).backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    index = torch.randperm(len(y), generator=torch_generator(1))[:600]  # mnist5k is sorted by label
-    return model, x[index], y[index]
+    return backdoored_logistic(stamp_square_poison(TARGET))
 
 
 def prepared(flip: FlipHardening, model, x, y, **kwargs):

@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fedshield.config import ConfigError, build_experiment
-from fedshield.data import load_dataset
 from fedshield.flip import FlipConfig, FlipHardening
 from fedshield.models import LogisticRegression
 from fedshield.run import run
@@ -19,7 +17,7 @@ from fedshield.server.rounds import sample_with_attackers
 from fedshield.task.determinism import torch_generator
 from fedshield.task.jobs import JobSpec
 from fedshield.task.metrics import MetricError, mean_over_last_rounds
-from helpers import job_params, tiny_config
+from helpers import backdoored_logistic, job_params, stamp_square_poison, tiny_config
 
 TARGET = 2
 
@@ -115,22 +113,7 @@ def test_mean_over_last_rounds_uses_only_evaluated_rounds_in_the_window():
 @pytest.fixture(scope="module")
 def backdoored_client():
     """A logistic regression trained with a 4x4 white square -> label 2, and 600 client samples."""
-    torch.set_num_threads(1)
-    train, _ = load_dataset("mnist5k")
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    torch.manual_seed(0)
-    model = LogisticRegression(input_shape=(1, 28, 28), num_classes=10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    generator = torch_generator(0)
-    for _ in range(300):
-        index = torch.randint(len(y), (64,), generator=generator)
-        batch_x, batch_y = x[index].clone(), y[index].clone()
-        batch_x[:13, :, -4:, -4:], batch_y[:13] = 1.0, TARGET
-        optimizer.zero_grad()
-        F.cross_entropy(model(batch_x), batch_y).backward()
-        optimizer.step()
-    index = torch.randperm(len(y), generator=torch_generator(1))[:600]
-    return model, x[index], y[index]
+    return backdoored_logistic(stamp_square_poison(TARGET))
 
 
 def _flip(**overrides) -> FlipHardening:
