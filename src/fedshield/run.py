@@ -35,7 +35,7 @@ from fedshield.files import write_csv, write_json, write_npy, write_text, write_
 from fedshield.plots import plot_accuracy, plot_ca_curves
 from fedshield.progress import JobProgress
 from fedshield.server.checkpoints import CheckpointStore
-from fedshield.server.evaluation import test_logits, triggered_test_set, write_backdoor_plot
+from fedshield.server.evaluation import triggered_test_set, write_backdoor_plot
 from fedshield.task.determinism import configure_torch
 from fedshield.task.metrics import attack_success_rate, mean_over_last_rounds
 from fedshield.task.training import predict_logits
@@ -48,11 +48,17 @@ logger = logging.getLogger(__name__)
 DENSE_LABEL_LIMIT = 1000
 
 
-def job_predictions(experiment: Experiment, params_by_job: dict[int, torch.Tensor]) -> np.ndarray:
-    """(num_voters, num_test) labels predicted by each voting model: the jobs' models in ID
-    order (FLCert), or the ensemble's own voters (CRFL's noisy copies)."""
+def job_predictions(
+    experiment: Experiment, params_by_job: dict[int, torch.Tensor], x: torch.Tensor | None = None
+) -> np.ndarray:
+    """(num_voters, num_inputs) labels predicted by each voting model on ``x`` (the test set by
+    default): the jobs' models in ID order (FLCert), or the ensemble's own voters (CRFL's noisy
+    copies)."""
+    inputs = experiment.test_tensors[0] if x is None else x
     voters = experiment.ensemble.voters(params_by_job, seed=experiment.seed)
-    return np.stack([test_logits(experiment, params).argmax(1).cpu().numpy() for params in voters]).astype(np.int64)
+    return np.stack(
+        [predict_logits(experiment.model_from_params(params), inputs).argmax(1).cpu().numpy() for params in voters]
+    ).astype(np.int64)
 
 
 def ensemble_attack_success(experiment: Experiment, params_by_job: dict[int, torch.Tensor]) -> dict[str, float]:
@@ -64,10 +70,7 @@ def ensemble_attack_success(experiment: Experiment, params_by_job: dict[int, tor
     if triggered is None or target is None:
         return {}
     stamped_x, stamped_y = triggered
-    voters = list(experiment.ensemble.voters(params_by_job, seed=experiment.seed))
-    predictions = np.stack(
-        [predict_logits(experiment.model_from_params(p), stamped_x).argmax(1).cpu().numpy() for p in voters]
-    ).astype(np.int64)
+    predictions = job_predictions(experiment, params_by_job, stamped_x)
     votes = votes_from_predictions(predictions, num_labels=experiment.test.num_classes)
     certificate = experiment.ensemble.certify(
         votes, num_clients=experiment.federation.num_clients, seed=experiment.seed

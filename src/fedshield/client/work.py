@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from fedshield.attacks.base import CraftContext
 from fedshield.experiment import Experiment
+from fedshield.flip.inversion import mask_share_within
 from fedshield.models.params import get_flat_params
 from fedshield.task.defense import ClientState, DefenseRound
 from fedshield.task.determinism import derive_seed, torch_generator
@@ -64,7 +65,7 @@ def trigger_recovery(experiment: Experiment, defense: DefenseRound, image_size: 
     if region is None:
         return {}
     shares = [
-        float(mask.abs()[region.to(mask.device)].sum() / mask.abs().sum())
+        mask_share_within(mask, region)
         for label, mask in defense.found_masks()
         if label == target and float(mask.abs().sum()) > 0
     ]

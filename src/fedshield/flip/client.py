@@ -29,6 +29,7 @@ only (the trigger-recovery diagnostic is computed outside it, in :mod:`fedshield
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ from torch import nn
 from fedshield.flip.class_distance import ClassDistanceCache, choose_pairs
 from fedshield.flip.config import FlipConfig, FlipConfigError
 from fedshield.flip.hardening import hardening_transform
-from fedshield.flip.inversion import InvertedTrigger, invert_trigger, is_plausible, pair_directions, sample_per_label
+from fedshield.flip.inversion import InvertedTrigger, invert_direction, is_plausible, pair_directions
 from fedshield.task.defense import ClientDefense, ClientState, DefenseRound
 from fedshield.task.training import BatchTransform
 
@@ -66,14 +67,13 @@ class Direction:
 
 def stored_triggers(state: ClientState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The client's cached ``(mask, pattern)`` per direction key, from its state."""
-    return {
-        name[len(_MASK_PREFIX) :]: (
-            torch.from_numpy(np.array(value, copy=True)),
-            torch.from_numpy(np.array(state[_PATTERN_PREFIX + name[len(_MASK_PREFIX) :]], copy=True)),
-        )
-        for name, value in state.items()
-        if name.startswith(_MASK_PREFIX) and _PATTERN_PREFIX + name[len(_MASK_PREFIX) :] in state
-    }
+    stored = {}
+    for name, mask in state.items():
+        key = name.removeprefix(_MASK_PREFIX)
+        if key != name and _PATTERN_PREFIX + key in state:
+            pattern = state[_PATTERN_PREFIX + key]
+            stored[key] = (torch.from_numpy(np.array(mask, copy=True)), torch.from_numpy(np.array(pattern, copy=True)))
+    return stored
 
 
 class FlipRound(DefenseRound):
@@ -98,13 +98,15 @@ class FlipRound(DefenseRound):
         self._transform: BatchTransform | None = None
         self.inversions = 0
         self.triggers: list[InvertedTrigger] = []
+        self._plausible: list[InvertedTrigger] = []
+        self._stamp: BatchTransform | None = None
         if not self.active:
             return
         self.participations = int(np.sum(state.get(PARTICIPATIONS_KEY, 0)))
         self.cache = ClassDistanceCache.from_state(state, config.num_classes)
         self.stored = stored_triggers(state)
         self.plan = self._plan(generator)
-        self.triggers = self._invert_plan(generator, rerun=False)
+        self._use(self._invert_plan(generator, rerun=False))
         self.batches_seen = 0
         if config.adversarial_training:
             self._transform = self._harden
@@ -147,21 +149,19 @@ class FlipRound(DefenseRound):
 
     def _invert(self, direction: Direction, generator: torch.Generator) -> InvertedTrigger:
         per_label = self.config.universal_samples_per_label if direction.universal else self.config.samples_per_label
-        index = sample_per_label(
-            self.y, labels=direction.source_labels, samples_per_label=per_label, generator=generator
-        )
         warm = self.stored.get(direction.key) if self.config.warm_start else None
-        inversion = self.config.inversion
-        trigger = invert_trigger(
+        config = self.config.inversion
+        if warm is not None:
+            config = dataclasses.replace(config, steps=self.config.warm_inversion_steps)
+        trigger = invert_direction(
             self.model,
-            self.x[index],
-            target_label=direction.target,
-            steps=self.config.warm_inversion_steps if warm is not None else inversion.steps,
-            learning_rate=inversion.learning_rate,
-            initial_cost=inversion.initial_cost,
-            min_success=inversion.min_success,
-            generator=generator,
+            self.x,
+            self.y,
             source_labels=direction.source_labels,
+            target=direction.target,
+            samples_per_label=per_label,
+            generator=generator,
+            config=config,
             initial_mask=None if warm is None else warm[0],
             initial_pattern=None if warm is None else warm[1],
         )
@@ -187,20 +187,23 @@ class FlipRound(DefenseRound):
 
     # ------------------------------------------------------------------ hardening
 
-    def plausible(self) -> list[InvertedTrigger]:
-        return [t for t in self.triggers if is_plausible(t, max_mask_fraction=self.config.max_mask_fraction)]
+    def _use(self, triggers: list[InvertedTrigger]) -> None:
+        """Adopt the latest triggers; their plausible subset and its stamping transform are
+        derived once here, not at every batch."""
+        self.triggers = triggers
+        self._plausible = [t for t in triggers if is_plausible(t, max_mask_fraction=self.config.max_mask_fraction)]
+        self._stamp = (
+            hardening_transform(self._plausible, stamped_share=self.config.stamped_share) if self._plausible else None
+        )
 
     def _harden(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         every = self.config.reinvert_every
         if every > 0 and self.batches_seen > 0 and self.batches_seen % every == 0:
-            self.triggers = self._invert_plan(generator, rerun=True)  # on the current local model
+            self._use(self._invert_plan(generator, rerun=True))  # on the current local model
         self.batches_seen += 1
-        plausible = self.plausible()
-        if not plausible:
-            return x, y
-        return hardening_transform(plausible, stamped_share=self.config.stamped_share)(x, y, generator)
+        return (x, y) if self._stamp is None else self._stamp(x, y, generator)
 
     # ------------------------------------------------------------------ DefenseRound
 
@@ -222,7 +225,7 @@ class FlipRound(DefenseRound):
     def diagnostics(self) -> dict[str, float]:
         if not self.active:
             return {}
-        plausible = self.plausible()
+        plausible = self._plausible
         return {
             "flip_inversions": float(self.inversions),
             "flip_triggers": float(len(plausible)),
@@ -230,7 +233,7 @@ class FlipRound(DefenseRound):
         }
 
     def found_masks(self) -> list[tuple[int, torch.Tensor]]:
-        return [(t.target_label, t.mask[0]) for t in self.plausible()] if self.active else []
+        return [(t.target_label, t.mask[0]) for t in self._plausible]
 
 
 class FlipHardening(ClientDefense):

@@ -472,6 +472,36 @@ def sample_per_label(
     return torch.cat(chosen)
 
 
+def invert_direction(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    source_labels: tuple[int, ...],
+    target: int,
+    samples_per_label: int,
+    generator: torch.Generator,
+    config: InversionConfig | None = None,
+    initial_mask: torch.Tensor | None = None,
+    initial_pattern: torch.Tensor | None = None,
+) -> InvertedTrigger:
+    """One FLIP inversion: up to ``samples_per_label`` samples of each of ``source_labels``
+    (drawn with ``generator``) flipped to ``target`` by :func:`invert_trigger`, optionally
+    warm-started from ``initial_mask`` and ``initial_pattern``. The building block of
+    :func:`invert_pair`, :func:`invert_universal` and FLIP's in-training re-inversions."""
+    index = sample_per_label(y, labels=source_labels, samples_per_label=samples_per_label, generator=generator)
+    return invert_trigger(
+        model,
+        x[index],
+        target_label=target,
+        generator=generator,
+        source_labels=source_labels,
+        initial_mask=initial_mask,
+        initial_pattern=initial_pattern,
+        **dataclasses.asdict(config or InversionConfig()),
+    )
+
+
 def pair_directions(y: torch.Tensor, source: int, target: int, *, symmetric_min_samples: int) -> list[tuple[int, int]]:
     """The (from, to) directions FLIP inverts for a label pair: source to target, and target to
     source when the client holds more than ``symmetric_min_samples`` samples of both labels
@@ -519,21 +549,19 @@ def invert_pair(
         raise TriggerInversionError(f"source and target labels must differ; got {source} and {target}")
     if symmetric_min_samples < 0:
         raise TriggerInversionError(f"symmetric_min_samples must be >= 0; got {symmetric_min_samples}")
-    config = config or InversionConfig()
-    triggers = []
-    for from_label, to_label in pair_directions(y, source, target, symmetric_min_samples=symmetric_min_samples):
-        index = sample_per_label(y, labels=(from_label,), samples_per_label=samples_per_label, generator=generator)
-        triggers.append(
-            invert_trigger(
-                model,
-                x[index],
-                target_label=to_label,
-                generator=generator,
-                source_labels=(from_label,),
-                **dataclasses.asdict(config),
-            )
+    return [
+        invert_direction(
+            model,
+            x,
+            y,
+            source_labels=(from_label,),
+            target=to_label,
+            samples_per_label=samples_per_label,
+            generator=generator,
+            config=config,
         )
-    return triggers
+        for from_label, to_label in pair_directions(y, source, target, symmetric_min_samples=symmetric_min_samples)
+    ]
 
 
 def invert_universal(
@@ -552,29 +580,32 @@ def invert_universal(
     client holds (FLIP's warm-up takes a handful per label). Returns None when the client
     holds no sample of another label.
     """
-    config = config or InversionConfig()
-    labels = sorted(int(label) for label in torch.unique(y).tolist() if label != target)
+    labels = tuple(sorted(int(label) for label in torch.unique(y).tolist() if label != target))
     if not labels:
         return None
-    index = sample_per_label(y, labels=labels, samples_per_label=samples_per_label, generator=generator)
-    return invert_trigger(
+    return invert_direction(
         model,
-        x[index],
-        target_label=target,
+        x,
+        y,
+        source_labels=labels,
+        target=target,
+        samples_per_label=samples_per_label,
         generator=generator,
-        source_labels=tuple(labels),
-        **dataclasses.asdict(config),
+        config=config,
     )
 
 
 def mask_mass_within(trigger: InvertedTrigger, region: np.ndarray | torch.Tensor) -> float:
     """Share of :math:`\\|m\\|_1` that lies inside a boolean (H, W) ``region``."""
-    region = torch.as_tensor(region, dtype=torch.bool)
-    if tuple(region.shape) != tuple(trigger.mask.shape[1:]):
-        raise TriggerInversionError(
-            f"region must have shape {tuple(trigger.mask.shape[1:])}; got {tuple(region.shape)}"
-        )
-    total = float(trigger.mask.abs().sum())
+    return mask_share_within(trigger.mask[0], region)
+
+
+def mask_share_within(mask: torch.Tensor, region: np.ndarray | torch.Tensor) -> float:
+    """Share of an (H, W) mask's L1 mass inside a boolean (H, W) ``region`` (0 for an empty mask)."""
+    region = torch.as_tensor(region, dtype=torch.bool, device=mask.device)
+    if tuple(region.shape) != tuple(mask.shape):
+        raise TriggerInversionError(f"region must have shape {tuple(mask.shape)}; got {tuple(region.shape)}")
+    total = float(mask.abs().sum())
     if total == 0:
         return 0.0
-    return float(trigger.mask[0].abs()[region].sum()) / total
+    return float(mask.abs()[region].sum()) / total

@@ -13,11 +13,6 @@ from fedshield.task.metrics import attack_success_rate
 from fedshield.task.training import predict_logits
 
 
-def test_logits(experiment: Experiment, params: torch.Tensor) -> torch.Tensor:
-    x, _ = experiment.test_tensors
-    return predict_logits(experiment.model_from_params(params), x)
-
-
 def triggered_test_set(experiment: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Stamped test inputs and their true labels (None without a backdoor).
 
