@@ -103,6 +103,7 @@ QUICK_START = {"continuous": ["attack.schedule.start_round=6"], "single-shot": [
 COLUMNS = [
     "attack",
     "row",
+    "seed",
     "accuracy",
     "attack_success_rate",
     "accuracy_last10",
@@ -124,6 +125,7 @@ class Row:
     attack: str
     name: str
     overrides: tuple[str, ...]
+    seed: int | None = None  # None: the experiment's own seed
 
     @property
     def folder(self) -> str:
@@ -131,10 +133,13 @@ class Row:
         def slug(text: str) -> str:
             return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
-        return f"{slug(self.attack)}/{slug(self.name)}"
+        base = f"{slug(self.attack)}/{slug(self.name)}"
+        return base if self.seed is None else f"{base}/seed_{self.seed}"
 
 
-def plan(*, quick: bool, rerun_threshold_ablation: bool, only: str | None) -> list[Row]:
+def plan(
+    *, quick: bool, rerun_threshold_ablation: bool, only: list[str] | None, seeds: list[int] | None = None
+) -> list[Row]:
     rows = []
     for setting, experiment in SETTINGS.items():
         kind = "single-shot" if "single-shot" in setting else "continuous"
@@ -144,9 +149,12 @@ def plan(*, quick: bool, rerun_threshold_ablation: bool, only: str | None) -> li
                 continue
             if setting != "CNN continuous" and name not in HEADLINE:
                 continue
-            row = Row(setting, name, (*experiment, f"dataset.root={MNIST_ROOT}", *scale, *overrides))
-            if only is None or only.lower() in f"{setting} {name}".lower():
-                rows.append(row)
+            if only and not any(text.lower() in f"{setting} {name}".lower() for text in only):
+                continue
+            base = (*experiment, f"dataset.root={MNIST_ROOT}", *scale, *overrides)
+            for seed in seeds or [None]:
+                seeded = base if seed is None else (*base, f"seed={seed}")
+                rows.append(Row(setting, name, seeded, seed))
     return rows
 
 
@@ -167,6 +175,7 @@ def run_row(row: Row, output: Path, reuse: bool = False) -> dict:
     return {
         "attack": row.attack,
         "row": row.name,
+        "seed": row.seed,
         "accuracy": summary["final_accuracy"],
         "attack_success_rate": summary["final_attack_success_rate"],
         "accuracy_last10": summary["accuracy_last10_mean"],
@@ -218,8 +227,9 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         clean = f"{r['rejected_clean']}/{r['num_clean']}" if r["num_clean"] else "-"
         triggered = f"{r['rejected_triggered']}/{r['num_triggered']}" if r["num_triggered"] else "-"
+        name = r["row"] if r.get("seed") is None else f"{r['row']} (seed {r['seed']})"
         lines.append(
-            f"| {r['attack']} | {r['row']} | {percent(r['accuracy'])} ({percent(r['accuracy_last10'])}) | "
+            f"| {r['attack']} | {name} | {percent(r['accuracy'])} ({percent(r['accuracy_last10'])}) | "
             f"{percent(r['attack_success_rate_last10'])} | {percent(r['attack_success_rate'])} | "
             f"{percent(r['raw_attack_success_rate_last10'])} | {clean} | {triggered} | "
             f"{r['wall_time_seconds']:.0f} |"
@@ -230,7 +240,27 @@ def markdown(results: list[dict]) -> str:
 def order(results: list[dict]) -> list[dict]:
     rank = {name: i for i, (name, _) in enumerate(ROWS)}
     settings = list(SETTINGS)
-    return sorted(results, key=lambda r: (settings.index(r["attack"]), rank[r["row"]]))
+    return sorted(results, key=lambda r: (settings.index(r["attack"]), rank[r["row"]], r["seed"] or 0))
+
+
+def seed_summary(results: list[dict]) -> str:
+    """Mean and range over seeds of each row's last-10-round ASR and clean accuracy."""
+    lines = [
+        "| setting | defense | seeds | ASR % last 10: mean (min-max) | per seed | clean acc. % last 10: mean |",
+        "| --- | --- | ---: | --- | --- | ---: |",
+    ]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["attack"], r["row"]), []).append(r)
+    for (attack, name), runs in groups.items():
+        asr = [r["attack_success_rate_last10"] for r in runs]
+        acc = [r["accuracy_last10"] for r in runs]
+        per_seed = ", ".join(f"{r['seed']}: {percent(r['attack_success_rate_last10'])}" for r in runs)
+        lines.append(
+            f"| {attack} | {name} | {len(runs)} | {percent(sum(asr) / len(asr))} ({percent(min(asr))}-"
+            f"{percent(max(asr))}) | {per_seed} | {percent(sum(acc) / len(acc))} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,11 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train the tau = 0 row instead of reading FedAvg + FLIP's raw metrics",
     )
-    parser.add_argument("--only", help="run only the rows whose 'setting name' contains this text")
+    parser.add_argument(
+        "--only", action="append", help="run only the rows whose 'setting name' contains this text (repeatable)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="train every row once per seed (seed=S) and add a per-seed summary"
+    )
     parser.add_argument("--reuse", action="store_true", help="read rows whose run folder already has a summary")
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    rows = plan(quick=args.quick, rerun_threshold_ablation=args.rerun_threshold_ablation, only=args.only)
+    rows = plan(
+        quick=args.quick, rerun_threshold_ablation=args.rerun_threshold_ablation, only=args.only, seeds=args.seeds
+    )
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []
@@ -261,20 +298,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"acc {percent(result['accuracy'])} ASR {percent(result['attack_success_rate'])}",
                 flush=True,
             )
-    names = {(r["attack"], r["row"]) for r in results}
+    names = {(r["attack"], r["row"], r["seed"]) for r in results}
     for attack in SETTINGS:
-        flip = next((r for r in results if (r["attack"], r["row"]) == (attack, "FedAvg + FLIP")), None)
-        if flip is None:
-            continue
-        derived = without_threshold(flip)
-        if (attack, DERIVED) in names:  # rerun: check that tau acts at inference only
-            rerun = next(r for r in results if (r["attack"], r["row"]) == (attack, DERIVED))
-            agree = all(rerun[k] == derived[k] for k in ("accuracy", "attack_success_rate"))
-            print(f"{attack}: tau = 0 rerun {'equals' if agree else 'DIFFERS from'} FedAvg + FLIP's raw metrics")
-            if not agree:
-                return 1
-        else:
-            results.append(derived)
+        for seed in args.seeds or [None]:
+            key = (attack, "FedAvg + FLIP", seed)
+            flip = next((r for r in results if (r["attack"], r["row"], r["seed"]) == key), None)
+            if flip is None:
+                continue
+            derived = without_threshold(flip)
+            if (attack, DERIVED, seed) in names:  # rerun: check that tau acts at inference only
+                rerun = next(r for r in results if (r["attack"], r["row"], r["seed"]) == (attack, DERIVED, seed))
+                agree = all(rerun[k] == derived[k] for k in ("accuracy", "attack_success_rate"))
+                print(f"{attack}: tau = 0 rerun {'equals' if agree else 'DIFFERS from'} FedAvg + FLIP's raw metrics")
+                if not agree:
+                    return 1
+            else:
+                results.append(derived)
     results = order(results)
     with open(args.output / "flip_table.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -283,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     scale = "quick" if args.quick else "full"
     print(f"\nFLIP table ({scale} scale, {time.perf_counter() - started:.0f} s, {len(rows)} runs)\n")
     print(markdown(results))
+    if args.seeds:
+        print(f"\nOver seeds {args.seeds}:\n")
+        print(seed_summary(results))
     print(f"\nCSV: {args.output / 'flip_table.csv'}")
     return 0
 
