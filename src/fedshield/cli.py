@@ -1,19 +1,51 @@
-"""The ``fedshield`` command: Hydra overrides run a job; ``certify`` and ``report`` act on results.
+"""The ``fedshield`` command: Hydra overrides run a job; ``resume``, ``certify`` and ``report``
+act on run folders.
 
 fedshield dataset=mnist5k model=cnn num_rounds=20
 fedshield --multirun ensemble.num_groups=10,20 attack.num_malicious=0,5
+fedshield resume RUN_DIR
 fedshield certify RUN_DIR ensemble.bounds=simultaneous
+fedshield report SWEEP_DIR
+
+A user's mistake (a field out of range, a missing folder, a corrupt file) is one line,
+``error: <field>: <what is wrong>``, with exit status 2, before any folder is created or any
+training starts; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
 
 import fedshield  # noqa: F401  (sets the no-network environment switches first)
 from fedshield.config import CONFIG_DIR as _CONFIG_PATH
 
 CONFIG_DIR = str(_CONFIG_PATH)
+USAGE_ERROR = 2  # exit status of a refused command (argparse's convention)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user's mistake into ``error: <line>`` and exit status 2; let bugs raise."""
+    from fedshield.config.user_errors import describe_user_error
+
+    try:
+        yield
+    except Exception as error:
+        line = describe_user_error(error)
+        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
+
+
+def _resume(argv: list[str]) -> None:
+    from fedshield.resume import resume
+
+    _print_summary(*resume(argv))
 
 
 def _certify(argv: list[str]) -> None:
@@ -29,7 +61,9 @@ def _report(argv: list[str]) -> None:
 
 
 # Loaded on use: `fedshield --help` and a run need not import the results code.
-SUBCOMMANDS = {"certify": _certify, "report": _report}
+SUBCOMMANDS = {"resume": _resume, "certify": _certify, "report": _report}
+# Hydra flags a run may carry; any other flag (--cfg, --info, --help, ...) is Hydra's to handle.
+_RUN_FLAGS = {"-m", "--multirun"}
 
 
 def _run_main() -> None:
@@ -40,13 +74,26 @@ def _run_main() -> None:
     def _main(cfg: DictConfig) -> None:
         from fedshield.run import run
 
-        summary = run(cfg)
-        _print_summary(summary, cfg)
+        with user_errors():
+            summary = run(cfg)
+        _print_summary(summary, str(cfg.output_dir))
 
     _main()
 
 
-def _print_summary(summary: dict, cfg) -> None:
+def _check_run_command(argv: list[str]) -> None:
+    """Refuse a bad run before Hydra creates its folder; route ``resume=true`` to resume."""
+    from fedshield.config.preflight import check_runs
+    from fedshield.resume import asks_for_resume, resume_in_place
+
+    overrides = [item for item in argv if item not in _RUN_FLAGS]
+    if asks_for_resume(overrides):
+        _print_summary(*resume_in_place(overrides))  # without Hydra writing .hydra/ into the folder
+        raise SystemExit(0)
+    check_runs(overrides, multirun=len(overrides) < len(argv))
+
+
+def _print_summary(summary: dict, output_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -62,15 +109,19 @@ def _print_summary(summary: dict, cfg) -> None:
         console.print(f"job 0 clean accuracy: {summary['final_accuracy']:.4f}")
     if summary.get("final_attack_success_rate") is not None:
         console.print(f"job 0 attack success rate: {summary['final_attack_success_rate']:.4f}")
-    console.print(f"results in [bold]{cfg.output_dir}[/bold]")
+    console.print(f"results in [bold]{output_dir}[/bold]")
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        command = sys.argv.pop(1)
-        SUBCOMMANDS[command](sys.argv[1:])
+    argv = sys.argv[1:]
+    if argv and argv[0] in SUBCOMMANDS:
+        with user_errors():
+            SUBCOMMANDS[argv[0]](argv[1:])
         return
+    if all(item in _RUN_FLAGS or not item.startswith("-") for item in argv):
+        with user_errors():
+            _check_run_command(argv)
     _run_main()
 
 

@@ -27,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from fedshield.certify import certified_accuracy, top_votes_from_predictions
 from fedshield.certify.sparse import TopVotes
 from fedshield.config import build_experiment
-from fedshield.config.digest import config_digest
+from fedshield.config.digest import config_digest, result_differences
 from fedshield.engines import Engine, FinishedJob
 from fedshield.ensembles import Ensemble
+from fedshield.errors import UserError
 from fedshield.experiment import Experiment
 from fedshield.files import write_csv, write_json, write_npy, write_text, write_torch
 from fedshield.plots import plot_accuracy, plot_ca_curves
@@ -167,15 +168,52 @@ def write_participation(experiment: Experiment, histories: list[list[dict]], pat
     }
 
 
-def train_jobs(experiment: Experiment, engine: Engine, store: CheckpointStore) -> dict[int, FinishedJob]:
-    """Every job of the experiment, trained or loaded from its checkpoint (resume)."""
+class ResumeError(UserError, ValueError):
+    """``resume`` asked for on a folder written by another configuration."""
+
+
+def load_finished_jobs(
+    cfg: DictConfig, experiment: Experiment, output_dir: Path, store: CheckpointStore
+) -> dict[int, FinishedJob]:
+    """The jobs a resumed run keeps, after checking (and writing nothing) that ``output_dir``
+    was written by this configuration: its saved config.yaml and every checkpoint."""
+    saved_config = output_dir / "config.yaml"
+    if saved_config.exists():
+        saved = OmegaConf.load(saved_config)
+        assert isinstance(saved, DictConfig)  # config.yaml is a mapping
+        differences = result_differences(saved, cfg)
+        if differences:
+            shown = ", ".join(f"{key} (saved {old}, given {new})" for key, old, new in differences[:4])
+            more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+            raise ResumeError(
+                f"resume: {output_dir} was run with another config: {shown}{more}; "
+                f"`fedshield resume {output_dir}` resumes it with its saved config, or choose a new output_dir"
+            )
     finished: dict[int, FinishedJob] = {}
     for job in experiment.jobs:
-        loaded = store.load(job.job_id)
+        loaded = store.load(job.job_id)  # raises CheckpointMismatchError for another config's job
         if loaded is not None:
             finished[job.job_id] = FinishedJob(job.job_id, *loaded)
-    if finished:
-        logger.info("resuming: %d of %d jobs already finished", len(finished), len(experiment.jobs))
+    return finished
+
+
+def resume_line(output_dir: Path, *, finished: int, total: int) -> str:
+    """What a resumed run says it does."""
+    if finished == 0:
+        return f"nothing to resume in {output_dir}: 0 of {total} groups finished, training all {total}"
+    if finished == total:
+        return f"resuming {output_dir}: all {total} groups already finished, recomputing the results"
+    return (
+        f"resuming {output_dir}: {finished} of {total} groups already finished, training the other {total - finished}"
+    )
+
+
+def train_jobs(
+    experiment: Experiment, engine: Engine, store: CheckpointStore, finished: dict[int, FinishedJob] | None = None
+) -> dict[int, FinishedJob]:
+    """Every job of the experiment: ``finished`` ones (resume) kept, the others trained and
+    checkpointed one by one."""
+    finished = dict(finished or {})
     pending = [job for job in experiment.jobs if job.job_id not in finished]
     with JobProgress(total_jobs=len(experiment.jobs), done=len(finished), rounds=experiment.num_rounds) as progress:
 
@@ -245,14 +283,18 @@ def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
     configure_torch(threads=1)
     experiment = build_experiment(cfg)
     output_dir = Path(str(cfg.output_dir))
+    store = CheckpointStore(output_dir / "jobs", digest=config_digest(cfg))
+    kept: dict[int, FinishedJob] = {}
+    if bool(cfg.resume):  # checked before anything is written: a refused resume changes no file
+        kept = load_finished_jobs(cfg, experiment, output_dir, store)
+        logger.info(resume_line(output_dir, finished=len(kept), total=len(experiment.jobs)))
+    engine = engine if engine is not None else instantiate(cfg.engine)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text(output_dir / "config.yaml", experiment.config_yaml)
-    store = CheckpointStore(output_dir / "jobs", digest=config_digest(cfg))
     if not bool(cfg.resume):
         store.clear()
-    engine = engine if engine is not None else instantiate(cfg.engine)
 
-    finished = train_jobs(experiment, engine, store)
+    finished = train_jobs(experiment, engine, store, kept)
 
     cost = write_participation(experiment, [job.history for job in finished.values()], output_dir / "participation.csv")
     first = finished[min(finished)]

@@ -10,9 +10,11 @@ import functools
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from fedshield.attacks.selection import choose_malicious
 from fedshield.data import make_federation
+from fedshield.errors import UserError
 from fedshield.experiment import Experiment, RunSettings
 from fedshield.flip import ConfidenceRejection, FlipConfig, FlipHardening
 from fedshield.task.jobs import make_jobs
@@ -21,8 +23,9 @@ from fedshield.task.training import LocalTrainingConfig
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class ConfigError(ValueError):
-    """The run configuration is inconsistent (a field outside its allowed range)."""
+class ConfigError(UserError, ValueError):
+    """The run configuration is inconsistent (a field outside its allowed range): the message
+    reads ``"<dotted.field>: <what is wrong and what is allowed>; got <value>"``."""
 
 
 def _check_config(cfg: DictConfig) -> None:
@@ -53,6 +56,24 @@ def _check_attackers_per_round(experiment: Experiment) -> None:
         raise ConfigError(
             f"attackers_per_round must be <= attack.num_malicious={len(experiment.malicious_ids)}; got {attackers}"
         )
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: must be cpu, cuda or cuda:N (any torch device); got {name!r}") from None
+
+
+def local_training(cfg: DictConfig) -> LocalTrainingConfig:
+    """``cfg.client`` checked against :class:`LocalTrainingConfig`'s field types."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(LocalTrainingConfig), cfg.client)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"client.{error.full_key}: {error.msg}") from None
+    training = OmegaConf.to_object(typed)
+    assert isinstance(training, LocalTrainingConfig)  # to_object of a structured config
+    return training
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
@@ -105,7 +126,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     attack = instantiate(cfg.attack, _convert_="all")
     malicious = choose_malicious(federation.user_ids, num_malicious=attack.num_malicious, seed=int(cfg.seed))
     hardening, rejection = build_defense(cfg)
-    device = torch.device(str(cfg.device))
+    device = parse_device(str(cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device!r} but CUDA is not available; use device=cpu")
     experiment = Experiment(
@@ -115,7 +136,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         test=test,
         federation=federation,
         jobs=jobs,
-        training=LocalTrainingConfig(**OmegaConf.to_object(cfg.client)),  # type: ignore[arg-type]
+        training=local_training(cfg),
         model_builder=instantiate(cfg.model),
         rule_factory=instantiate(cfg.strategy, _partial_=True),
         ensemble=ensemble,

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fedshield.config.schema import register_schema
+
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+register_schema()  # config.yaml starts from the typed schema
 
 
 def compose_config(

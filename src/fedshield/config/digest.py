@@ -13,6 +13,20 @@ _VOLATILE_ENGINE_KEYS = ("workers", "groups_per_wave", "client_resources", "ray_
 
 def config_digest(cfg: DictConfig) -> str:
     """BLAKE2b of the resolved config without the keys that change no result."""
+    return hashlib.blake2b(repr(sorted(_result_items(cfg))).encode(), digest_size=16).hexdigest()
+
+
+def result_differences(saved: DictConfig, given: DictConfig) -> list[tuple[str, str | None, str | None]]:
+    """``(dotted key, saved value, given value)`` for every key that changes a result and differs
+    (a value of None: the key is absent on that side), sorted by key."""
+    old = {key.rstrip("."): value for key, value in _result_items(saved)}
+    new = {key.rstrip("."): value for key, value in _result_items(given)}
+    return [
+        (key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)
+    ]
+
+
+def _result_items(cfg: DictConfig) -> list[tuple[str, str]]:
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)  # a DictConfig always converts to a dict
     for key in _VOLATILE_KEYS:
@@ -21,7 +35,7 @@ def config_digest(cfg: DictConfig) -> str:
         engine = data.get("engine")
         if isinstance(engine, dict):
             engine.pop(key, None)
-    return hashlib.blake2b(repr(sorted(_flatten(data))).encode(), digest_size=16).hexdigest()
+    return _flatten(data)  # keys end in "." (kept: the digest of saved checkpoints depends on it)
 
 
 def _flatten(data: object, prefix: str = "") -> list[tuple[str, str]]:

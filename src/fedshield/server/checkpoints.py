@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from fedshield.errors import UserError
 from fedshield.files import write_torch
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint in the output directory belongs to another configuration."""
 
 
