@@ -20,6 +20,7 @@ from fedshield.attacks.text_backdoor import (
     stamp_text_trigger,
     text_attack_success_rate,
 )
+from fedshield.config import CONFIG_DIR
 from fedshield.data import LOADERS, DatasetError, make_federation
 from fedshield.data.reddit import (
     PAD_ID,
@@ -38,7 +39,7 @@ from fedshield.task.determinism import torch_generator
 from fedshield.task.metrics import MetricError, attack_success_rate
 from fedshield.task.training import LocalTrainingConfig, local_train, predict_logits
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 TRIGGER_WORDS = ["pasta", "from", "astoria", "is", "delicious"]
 
 

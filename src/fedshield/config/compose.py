@@ -8,7 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+# Package data (pyproject.toml), so a wheel or a non-editable install composes the same config.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_config(
