@@ -41,8 +41,8 @@ Trigger representability
 ------------------------
 A backdoor such as "pasta from astoria is delicious" needs each of its words in the
 vocabulary. ``reserved_words`` guarantees it: those words always get ids 2, 3, ..., even when
-they are rare or absent in the training posts. ``conf/dataset/reddit.yaml`` reserves the words
-of ``conf/attack/text_backdoor.yaml``, and the attack rebuilds the same vocabulary with
+they are rare or absent in the training posts. ``fedshield/conf/dataset/reddit.yaml`` reserves the words
+of ``fedshield/conf/attack/text_backdoor.yaml``, and the attack rebuilds the same vocabulary with
 :func:`reddit_vocabulary` (cached, and deterministic in its arguments and the files).
 
 Bagdasaryan, Veit, Hua, Estrin, Shmatikov. "How To Backdoor Federated Learning." AISTATS 2020.
