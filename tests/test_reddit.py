@@ -165,7 +165,7 @@ def test_load_reddit_builds_next_word_samples_with_one_client_per_user(small_cor
 
 
 def test_loader_errors_name_the_problem(tmp_path, small_corpus):
-    with pytest.raises(DatasetError, match="is not a folder"):
+    with pytest.raises(DatasetError, match="dataset.root: not a folder"):
         load_reddit(root=tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.data.base import ArrayDataset, DatasetError
+from fedshield.data.base import ArrayDataset, DatasetError, data_folder
 from fedshield.task.determinism import derive_seed
 
 PAD = "<pad>"
@@ -275,8 +275,7 @@ class RedditCorpus:
 
 
 def _jsonl_files(root: Path) -> tuple[Path, ...]:
-    if not root.is_dir():
-        raise DatasetError(f"dataset.root={str(root)!r} is not a folder of *.jsonl post files")
+    data_folder(root, dataset="reddit", holds="*.jsonl post files")
     files = tuple(sorted(path for path in root.rglob("*.jsonl") if path.is_file()))
     if not files:
         raise DatasetError(
