@@ -1,3 +1,8 @@
+# syntax=docker/dockerfile:1
+# Needs BuildKit, Docker's default builder since Engine 23.0 and in `docker compose` v2 (on an
+# older engine: DOCKER_BUILDKIT=1 docker build ...); the syntax line above, read only by BuildKit,
+# pins the Dockerfile frontend to the stable 1.x syntax.
+#
 # fedshield on Flower's Docker images (see docker-compose.yml and the README's
 # "Real federation with Docker").
 #
