@@ -1,9 +1,14 @@
+# syntax=docker/dockerfile:1
+# Needs BuildKit, Docker's default builder since Engine 23.0 and in `docker compose` v2 (on an
+# older engine: DOCKER_BUILDKIT=1 docker build ...); the syntax line above, read only by BuildKit,
+# pins the Dockerfile frontend to the stable 1.x syntax.
+#
 # fedshield on Flower's Docker images (see docker-compose.yml and the README's
 # "Real federation with Docker").
 #
 # The SuperLink runs the ServerApp and each SuperNode runs its ClientApps as subprocesses
-# (`--isolation subprocess`), so both images need fedshield, torch and conf/ inside. One file
-# builds both, from the base named by FLWR_IMAGE:
+# (`--isolation subprocess`), so both images need fedshield (with its configs, fedshield/conf)
+# and torch inside. One file builds both, from the base named by FLWR_IMAGE:
 #
 #   docker build --build-arg FLWR_IMAGE=flwr/superlink -t fedshield-superlink:0.1.0 .
 #   docker build --build-arg FLWR_IMAGE=flwr/supernode -t fedshield-supernode:0.1.0 .
@@ -28,16 +33,16 @@ ENV FLWR_TELEMETRY_ENABLED=0 \
 
 RUN python -m pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1 torchvision==0.29.1
 
-# The app, installed editable so that fedshield.config.CONFIG_DIR is /app/fedshield/conf.
+# The app, a regular install: its configs are package data (site-packages/fedshield/conf). The
+# sources stay in /app/fedshield, the project folder that `flwr run /app/fedshield` submits.
 WORKDIR /app/fedshield
 COPY --chown=app:app pyproject.toml README.md ./
-COPY --chown=app:app conf ./conf
 COPY --chown=app:app src ./src
 # The base image already holds flwr 1.41.0: keep the pin, drop the [simulation] extra (Ray),
 # as Flower's Docker guides do.
 RUN sed -i 's/"flwr\[simulation\]==/"flwr==/' pyproject.toml \
-    && python -m pip install -e . \
-    && python -c "from importlib.metadata import version; import fedshield.config as c; assert c.CONFIG_DIR.is_dir(); assert version('flwr') == '${FLWR_VERSION}'"
+    && python -m pip install . \
+    && python -c "from importlib.metadata import version; import fedshield.config as c; assert (c.CONFIG_DIR / 'config.yaml').is_file(); assert version('flwr') == '${FLWR_VERSION}'"
 
 # Results of `flwr run` (output-dir="/app/outputs/..."): a named volume in docker-compose.yml.
 RUN mkdir -p /app/outputs

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/bench_flip_cost.py [--clients 6] [overrides ...]``
 
 Builds ``experiment=flip_mnist`` (real MNIST from ``../shared/data/mnist``, the FLCert CNN, the
-FLIP settings of ``conf/defense/flip.yaml`` unless overridden) and times, for the same benign
+FLIP settings of ``fedshield/conf/defense/flip.yaml`` unless overridden) and times, for the same benign
 clients and the same global model (the seeded initial model), one round of local training:
 
 - ``fedavg``: plain local training (``defense=none``);

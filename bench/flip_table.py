@@ -10,7 +10,7 @@ Settings (``SETTINGS``): the FLIP paper's protocol at this machine's scale, ``ex
 ``experiment=flip_mnist_single_shot`` (the 4 attackers in round 21, 32 rounds), for the CNN and
 the logistic regression (``model=logistic``), and three other triggers for the CNN (a 5x5 plus
 near the centre -> 7, a 4x4 square top left -> 0, the FLIP code's four DBA stripes -> 2), all
-with the same FLIP settings (``conf/defense/flip.yaml``).
+with the same FLIP settings (``fedshield/conf/defense/flip.yaml``).
 
 Rows (all of them for "CNN continuous", FedAvg and FedAvg + FLIP for the other settings):
 

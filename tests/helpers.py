@@ -4,11 +4,14 @@ engine on which the malicious clients' replies never arrive."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.experimental.callback import Callback
 
@@ -32,6 +35,23 @@ TINY = [
 
 def tiny_config(tmp_path, *overrides: str, name: str = "run"):
     return compose_config([*TINY, *overrides], output_dir=tmp_path / name)
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> None:
+    """``array`` as an IDX file of unsigned bytes (MNIST's format), gzip-compressed if ``gz``."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_tiny_mnist(folder: Path, num_samples: int = 60, seed: int = 0) -> Path:
+    """A random MNIST-shaped IDX test pair in ``folder`` (what ``dataset=mnist`` reads)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (num_samples, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(num_samples) % 10)
+    return folder
 
 
 def job_params(run_dir, job_id: int = 0) -> torch.Tensor:

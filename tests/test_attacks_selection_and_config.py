@@ -1,8 +1,6 @@
-"""choose_malicious, Schedule coercion, and instantiating every conf/attack/*.yaml with Hydra."""
+"""choose_malicious, Schedule coercion, and instantiating every fedshield/conf/attack/*.yaml with Hydra."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +19,10 @@ from fedshield.attacks import (
     as_schedule,
     choose_malicious,
 )
+from fedshield.config import CONFIG_DIR
 from fedshield.task.determinism import derive_seed
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
+CONF = CONFIG_DIR / "attack"
 
 # ---------------------------------------------------------------------------- selection
 

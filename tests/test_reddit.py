@@ -20,6 +20,7 @@ from fedshield.attacks.text_backdoor import (
     stamp_text_trigger,
     text_attack_success_rate,
 )
+from fedshield.config import CONFIG_DIR
 from fedshield.data import LOADERS, DatasetError, make_federation
 from fedshield.data.reddit import (
     PAD_ID,
@@ -38,7 +39,7 @@ from fedshield.task.determinism import torch_generator
 from fedshield.task.metrics import MetricError, attack_success_rate
 from fedshield.task.training import LocalTrainingConfig, local_train, predict_logits
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 TRIGGER_WORDS = ["pasta", "from", "astoria", "is", "delicious"]
 
 
@@ -164,7 +165,7 @@ def test_load_reddit_builds_next_word_samples_with_one_client_per_user(small_cor
 
 
 def test_loader_errors_name_the_problem(tmp_path, small_corpus):
-    with pytest.raises(DatasetError, match="is not a folder"):
+    with pytest.raises(DatasetError, match="dataset.root: not a folder"):
         load_reddit(root=tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -33,7 +33,7 @@ from fedshield.task.training import LocalTrainingConfig
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The run's top-level settings (``conf/config.yaml``) that the math reads.
+    """The run's top-level settings (``fedshield/conf/config.yaml``) that the math reads.
 
     Attributes
     ----------

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedshield.certify import certified_accuracy, top_votes_from_predictions
 from fedshield.certify.sparse import TopVotes
-from fedshield.config import build_experiment
+from fedshield.config import build_experiment, with_absolute_paths
 from fedshield.config.digest import config_digest, result_differences
 from fedshield.engines import Engine, FinishedJob
 from fedshield.ensembles import Ensemble
@@ -281,6 +281,7 @@ def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
     started = time.perf_counter()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB migrations, every run
     configure_torch(threads=1)
+    cfg = with_absolute_paths(cfg)  # before build_experiment serializes it for the workers
     experiment = build_experiment(cfg)
     output_dir = Path(str(cfg.output_dir))
     store = CheckpointStore(output_dir / "jobs", digest=config_digest(cfg))

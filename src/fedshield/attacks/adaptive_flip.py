@@ -101,7 +101,7 @@ class AdaptiveFlipBackdoor(BackdoorAttack):
         start; FLIP's warm-up runs one per target).
     inversion_steps, inversion_learning_rate, initial_cost, min_inversion_success : float
         Budget of each inversion (:class:`~fedshield.flip.inversion.InversionConfig`);
-        ``conf/attack/adaptive_flip.yaml`` copies them from the run's FLIP settings.
+        ``fedshield/conf/attack/adaptive_flip.yaml`` copies them from the run's FLIP settings.
     samples_per_label : int
         Samples of each other label used per inversion (FLIP's warm-up: 5).
     max_mask_fraction : float

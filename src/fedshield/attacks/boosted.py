@@ -39,7 +39,7 @@ class BackdoorParameters:
     r"""The parameters every backdoor attack takes, checked once.
 
     The attack classes take them as flat keyword arguments (the keys of
-    ``conf/attack/*.yaml``) and build this with :meth:`from_keywords`.
+    ``fedshield/conf/attack/*.yaml``) and build this with :meth:`from_keywords`.
 
     Attributes
     ----------

@@ -14,7 +14,7 @@ The trigger and target word are encoded with the dataset's vocabulary, given eit
 (``vocabulary``: any mapping word -> id, such as :class:`~fedshield.data.reddit.Vocabulary`)
 or rebuilt from the dataset's settings (``root``, ``vocab_size``, ``test_fraction``,
 ``seed``, ``reserved_words``) with :func:`~fedshield.data.reddit.reddit_vocabulary`, which is
-what ``conf/attack/text_backdoor.yaml`` does by interpolating ``${dataset.*}``. A trigger or
+what ``fedshield/conf/attack/text_backdoor.yaml`` does by interpolating ``${dataset.*}``. A trigger or
 target word outside the vocabulary would silently become ``<unk>``; the attack raises instead
 and points at ``dataset.reserved_words``, which makes the loader reserve ids for those words.
 

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from fedshield.config.schema import register_schema
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+# Package data (pyproject.toml), so a wheel or a non-editable install composes the same config.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schema()  # config.yaml starts from the typed schema
 
 

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+# The folder that holds the datasets: the default dataset.root of dataset=NAME is
+# $FEDSHIELD_DATA/NAME, or ~/.cache/fedshield/NAME when it is unset (fedshield/conf/dataset/).
+DATA_ENV = "FEDSHIELD_DATA"
 
 
 class DatasetError(ValueError):
     """A dataset could not be loaded or split: unknown name, missing or corrupt files, bad split."""
+
+
+def data_folder(root: str | Path, *, dataset: str, holds: str) -> Path:
+    """``root`` (``~`` expanded) if it is a folder; else a :class:`DatasetError` that says how to
+    point fedshield at the data."""
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(
+            f"dataset.root: not a folder (dataset={dataset} reads {holds} from it); pass dataset.root=DIR, "
+            f"or set {DATA_ENV} to the folder holding the datasets (default root: ${DATA_ENV}/{dataset}, "
+            f"~/.cache/fedshield/{dataset} when unset); got {str(folder)!r}"
+        )
+    return folder
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.data.base import ArrayDataset, DatasetError
+from fedshield.data.base import ArrayDataset, DatasetError, data_folder
 
 NUM_FEATURES = 561
 NUM_ACTIVITIES = 6
@@ -44,8 +44,8 @@ def _load_split(folder: Path, split: str) -> ArrayDataset:
 
 
 def load_har(*, root: str | Path, **_: object) -> tuple[ArrayDataset, ArrayDataset]:
-    root = Path(root).expanduser()
+    root = data_folder(root, dataset="har", holds="the UCI HAR layout")
     folder = root / "UCI HAR Dataset" if (root / "UCI HAR Dataset").is_dir() else root
     if not (folder / "train").is_dir():
-        raise DatasetError(f"dataset.root={str(root)!r} holds no UCI HAR layout (train/X_train.txt ...)")
+        raise DatasetError(f"dataset.root: holds no UCI HAR layout (train/X_train.txt ...); got {str(root)!r}")
     return _load_split(folder, "train"), _load_split(folder, "test")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.data.base import ArrayDataset, DatasetError, images_to_float, seeded_split
+from fedshield.data.base import ArrayDataset, DatasetError, data_folder, images_to_float, seeded_split
 
 _IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
@@ -81,9 +81,7 @@ def load_mnist_idx(
     With both official pairs present, the official train/test split is used; with one pair
     only (e.g. the 10,000-image test set), it is split train/test with ``seed``.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset.root={str(root)!r} is not a directory")
+    root = data_folder(root, dataset="mnist", holds="MNIST IDX files")
     train = _read_pair(root, *_PAIRS["train"])
     test = _read_pair(root, *_PAIRS["test"])
     if train is not None and test is not None:

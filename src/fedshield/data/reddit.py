@@ -41,8 +41,8 @@ Trigger representability
 ------------------------
 A backdoor such as "pasta from astoria is delicious" needs each of its words in the
 vocabulary. ``reserved_words`` guarantees it: those words always get ids 2, 3, ..., even when
-they are rare or absent in the training posts. ``conf/dataset/reddit.yaml`` reserves the words
-of ``conf/attack/text_backdoor.yaml``, and the attack rebuilds the same vocabulary with
+they are rare or absent in the training posts. ``fedshield/conf/dataset/reddit.yaml`` reserves the words
+of ``fedshield/conf/attack/text_backdoor.yaml``, and the attack rebuilds the same vocabulary with
 :func:`reddit_vocabulary` (cached, and deterministic in its arguments and the files).
 
 Bagdasaryan, Veit, Hua, Estrin, Shmatikov. "How To Backdoor Federated Learning." AISTATS 2020.
@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.data.base import ArrayDataset, DatasetError
+from fedshield.data.base import ArrayDataset, DatasetError, data_folder
 from fedshield.task.determinism import derive_seed
 
 PAD = "<pad>"
@@ -275,8 +275,7 @@ class RedditCorpus:
 
 
 def _jsonl_files(root: Path) -> tuple[Path, ...]:
-    if not root.is_dir():
-        raise DatasetError(f"dataset.root={str(root)!r} is not a folder of *.jsonl post files")
+    data_folder(root, dataset="reddit", holds="*.jsonl post files")
     files = tuple(sorted(path for path in root.rglob("*.jsonl") if path.is_file()))
     if not files:
         raise DatasetError(

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.data.base import ArrayDataset, DatasetError, images_to_float
+from fedshield.data.base import ArrayDataset, DatasetError, data_folder, images_to_float
 
 
-def _load(dataset_class, *, root: str | Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+def _load(dataset_class, *, root: str | Path, download: bool, dataset: str) -> tuple[ArrayDataset, ArrayDataset]:
+    if not download:  # a download creates the folder
+        data_folder(root, dataset=dataset, holds=f"torchvision's {dataset_class.__name__} files")
     splits = []
     for train in (True, False):
         try:
@@ -28,11 +30,11 @@ def load_fashion_mnist(*, root: str | Path, download: bool = False, **_: object)
     """Fashion-MNIST (Xiao et al., 2017): 60,000 train and 10,000 test 28x28 grey images."""
     from torchvision.datasets import FashionMNIST
 
-    return _load(FashionMNIST, root=root, download=download)
+    return _load(FashionMNIST, root=root, download=download, dataset="fashion_mnist")
 
 
 def load_cifar10(*, root: str | Path, download: bool = False, **_: object) -> tuple[ArrayDataset, ArrayDataset]:
     """CIFAR-10 (Krizhevsky, 2009): 50,000 train and 10,000 test 32x32 colour images."""
     from torchvision.datasets import CIFAR10
 
-    return _load(CIFAR10, root=root, download=download)
+    return _load(CIFAR10, root=root, download=download, dataset="cifar10")
