@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 DENSE_LABEL_LIMIT = 1000
 
 
+def keeps_sparse_votes(*, num_labels: int, num_voters: int) -> bool:
+    """Whether a run keeps only ``predictions.npy`` (top labels per input) and no dense ``votes.npy``."""
+    return num_labels > DENSE_LABEL_LIMIT and num_labels > num_voters
+
+
 def job_predictions(
     experiment: Experiment, params_by_job: dict[int, torch.Tensor], x: torch.Tensor | None = None
 ) -> np.ndarray:
@@ -93,7 +98,7 @@ def votes_from_predictions(predictions: np.ndarray, *, num_labels: int) -> np.nd
     """Vote counts over the jobs: dense (num_test, num_labels), or :class:`TopVotes` when the
     label space is large, listing every label that got a vote (so nothing is approximated)."""
     num_jobs, num_test = predictions.shape
-    if num_labels > DENSE_LABEL_LIMIT and num_labels > num_jobs:
+    if keeps_sparse_votes(num_labels=num_labels, num_voters=num_jobs):
         return top_votes_from_predictions(predictions, min(num_jobs, num_labels), num_labels=num_labels)
     votes = np.zeros((num_test, num_labels), dtype=np.int64)
     for row in predictions:
