@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(figure, path: Path) -> None:
@@ -32,6 +33,7 @@ def plot_accuracy(history: Sequence[Mapping], path: Path, *, title: str) -> None
             label="attack success rate",
         )
     axis.set_xlabel("round")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no round 1.5
     axis.set_ylabel("rate")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
@@ -52,6 +54,7 @@ def plot_ca_curves(curves: Mapping[str, Mapping[int, float]], path: Path, *, tit
             ms, [curve[m] for m in ms], where="post", label=label, linestyle=styles[index % len(styles)], marker=marker
         )
     axis.set_xlabel("number of malicious clients m")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # m counts clients
     axis.set_ylabel("certified accuracy CA@m")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
