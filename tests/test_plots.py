@@ -37,3 +37,21 @@ def test_malicious_clients_axis_has_only_integer_ticks(tmp_path, saved_figures):
     ticks = visible_ticks(saved_figures[0].axes[0])
     assert len(ticks) >= 2
     np.testing.assert_array_equal(ticks, np.round(ticks))
+
+
+def test_ensemble_accuracy_shows_the_groups_range_as_a_band(tmp_path, saved_figures):
+    history = [{"round": 1, "accuracy": 0.3}, {"round": 2, "accuracy": 0.5}]
+    groups = [
+        {"round": 1, "accuracy_mean": 0.3, "accuracy_min": 0.1, "accuracy_max": 0.45},
+        {"round": 2, "accuracy_mean": 0.5, "accuracy_min": 0.35, "accuracy_max": 0.8},
+    ]
+    plots.plot_accuracy(history, tmp_path / "accuracy.png", title="ensemble", groups=groups)
+    axis = saved_figures[0].axes[0]
+    (band,) = axis.collections
+    vertices = band.get_paths()[0].vertices
+    for record in groups:  # the band reaches each round's min and max
+        at_round = vertices[vertices[:, 0] == record["round"], 1]
+        assert at_round.min() == pytest.approx(record["accuracy_min"])
+        assert at_round.max() == pytest.approx(record["accuracy_max"])
+    mean_line = [line for line in axis.lines if line.get_label() == "clean accuracy, group mean"]
+    assert [list(y) for y in (mean_line[0].get_ydata(),)] == [[0.3, 0.5]]
