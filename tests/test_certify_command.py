@@ -162,7 +162,7 @@ def test_a_setting_that_needs_retraining_is_refused(flcert_p_run, override):
 
 
 def test_a_certification_setting_outside_its_range_is_refused(flcert_p_run):
-    with pytest.raises(ConfigError, match=r"^ensemble\.alpha must be in \(0, 1\); got 2"):
+    with pytest.raises(ConfigError, match=r"^ensemble\.alpha: must be in \(0, 1\); got 2"):
         recertify(flcert_p_run, ["ensemble.alpha=2"])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ def _make_ensemble(cfg: DictConfig, source: str) -> Ensemble:
         ensemble = instantiate(cfg.ensemble)
     except Exception as error:  # Hydra wraps the ensemble's own GroupingError in its own error
         cause = str(error.__cause__ if error.__cause__ is not None else error)
-        # The ensembles' own messages already start with the field ("ensemble.alpha must be ...").
-        raise ConfigError(cause if cause.startswith("ensemble.") else f"{source}: {cause}") from error
+        # The ensembles' own messages start with the field: "ensemble.alpha must be ..." becomes
+        # "ensemble.alpha: must be ...", the shape of every ConfigError.
+        field = re.match(r"(ensemble\.\w+):? (.*)", cause)
+        raise ConfigError(f"{field[1]}: {field[2]}" if field else f"{source}: {cause}") from error
     if not isinstance(ensemble, Ensemble):
         raise ConfigError(f"{source}: ensemble must be a fedshield ensemble; got {type(ensemble).__name__}")
     return ensemble
