@@ -7,10 +7,29 @@ import io
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``);
+    elsewhere set and restored at once under a lock (the umask is process-wide)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -18,6 +37,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; a result file gets the mode open() would give it.
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

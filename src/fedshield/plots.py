@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(figure, path: Path) -> None:
@@ -19,19 +20,46 @@ def _save(figure, path: Path) -> None:
     temporary.replace(path)
 
 
-def plot_accuracy(history: Sequence[Mapping], path: Path, *, title: str) -> None:
-    """Clean accuracy (and attack success rate, when measured) against the round."""
+def plot_accuracy(
+    history: Sequence[Mapping], path: Path, *, title: str, groups: Sequence[Mapping] | None = None
+) -> None:
+    """Clean accuracy (and attack success rate, when measured) against the round; with
+    ``groups`` (per round ``<metric>_mean``/``_min``/``_max`` over an ensemble's groups) also
+    the groups' mean as a dashed line and their min-max range as a band."""
     figure, axis = plt.subplots(figsize=(6, 4))
+    suffix = "" if groups is None else " (job 0)"
     rounds = [r["round"] for r in history if "accuracy" in r]
-    axis.plot(rounds, [r["accuracy"] for r in history if "accuracy" in r], marker="o", label="clean accuracy")
+    accuracy_line = axis.plot(
+        rounds, [r["accuracy"] for r in history if "accuracy" in r], marker="o", label=f"clean accuracy{suffix}"
+    )
+    colors = {"accuracy": accuracy_line[0].get_color()}
     if any("attack_success_rate" in r for r in history):
-        axis.plot(
+        attack_line = axis.plot(
             rounds,
             [r["attack_success_rate"] for r in history if "accuracy" in r],
             marker="x",
-            label="attack success rate",
+            label=f"attack success rate{suffix}",
+        )
+        colors["attack_success_rate"] = attack_line[0].get_color()
+    for key, name in (("accuracy", "clean accuracy"), ("attack_success_rate", "attack success rate")):
+        measured = [r for r in groups or () if f"{key}_mean" in r]
+        if not measured:
+            continue
+        group_rounds = [r["round"] for r in measured]
+        color = colors.get(key)
+        axis.plot(
+            group_rounds, [r[f"{key}_mean"] for r in measured], linestyle="--", color=color, label=f"{name}, group mean"
+        )
+        axis.fill_between(
+            group_rounds,
+            [r[f"{key}_min"] for r in measured],
+            [r[f"{key}_max"] for r in measured],
+            color=color,
+            alpha=0.2,
+            label=f"{name}, group min-max",
         )
     axis.set_xlabel("round")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no round 1.5
     axis.set_ylabel("rate")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
@@ -52,6 +80,7 @@ def plot_ca_curves(curves: Mapping[str, Mapping[int, float]], path: Path, *, tit
             ms, [curve[m] for m in ms], where="post", label=label, linestyle=styles[index % len(styles)], marker=marker
         )
     axis.set_xlabel("number of malicious clients m")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # m counts clients
     axis.set_ylabel("certified accuracy CA@m")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)

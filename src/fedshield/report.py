@@ -8,13 +8,18 @@ compare what varies across the runs:
 - ``ca_by_rule.png``: FLCert with different base rules (Fig. 8);
 - ``ca_by_system.png``: FLCert-D / FLCert-P against the single model and CRFL (Fig. 3);
 - ``backdoor_bars.png``: clean accuracy and attack success rate per run (FLIP, Tables 1-2).
+
+A re-certification (``RUN/certify/<settings>/summary.json``) is a row of ``report.csv`` with the
+run it re-certifies in the ``recertifies`` column and its settings in ``overrides``; the figures
+show runs only (a re-certification repeats its run's training, and would duplicate its bars and
+curves). Legend labels are unique: runs whose labels would collide get their folder appended.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from fedshield.files import write_csv
@@ -22,6 +27,8 @@ from fedshield.plots import plot_bars, plot_ca_curves
 
 COLUMNS = [
     "run",
+    "recertifies",
+    "overrides",
     "mode",
     "N",
     "k",
@@ -48,12 +55,29 @@ def _short(target: str | None) -> str:
     return "none" if not target else str(target).rsplit(".", 1)[-1]
 
 
+def _recertified_run(summary_path: Path, recorded: str, sweep_dir: Path) -> str:
+    """The folder (relative to ``sweep_dir``) of the run a re-certification certified again:
+    ``RUN`` of ``RUN/certify/<settings>/``, else the recorded path (which moves with no folder)."""
+    folder = summary_path.parent
+    if folder.parent.name == "certify" and (folder.parent.parent / "config.yaml").exists():
+        return str(folder.parent.parent.relative_to(sweep_dir)) or "."
+    try:
+        return str(Path(recorded).resolve().relative_to(sweep_dir.resolve())) or "."
+    except ValueError:
+        return recorded
+
+
 def collect(sweep_dir: Path) -> list[dict]:
-    """Every run's summary under ``sweep_dir``, with its folder as ``run`` (relative), sorted."""
+    """Every summary under ``sweep_dir``, with its folder as ``run`` (relative), sorted; a
+    re-certification also has ``recertifies`` (the run's folder) and its ``overrides``."""
+    sweep_dir = Path(sweep_dir)
     rows = []
-    for path in sorted(Path(sweep_dir).rglob("summary.json")):
+    for path in sorted(sweep_dir.rglob("summary.json")):
         summary = json.loads(path.read_text())
         summary["run"] = str(path.parent.relative_to(sweep_dir)) or "."
+        if "recertified_from" in summary:
+            summary["recertifies"] = _recertified_run(path, str(summary["recertified_from"]), sweep_dir)
+            summary["overrides"] = " ".join(summary.get("overrides") or []) or "default"
         rows.append(summary)
     return rows
 
@@ -72,11 +96,18 @@ def _label(summary: dict, *fields: str) -> str:
     return ", ".join(str(values[f]) for f in fields if values[f] is not None)
 
 
+def _unique_labels(rows: list[dict], *fields: str) -> list[str]:
+    """Each row's legend label; rows sharing a label are told apart by their run folder."""
+    labels = [_label(row, *fields) for row in rows]
+    counts = Counter(labels)
+    return [f"{label} [{row['run']}]" if counts[label] > 1 else label for label, row in zip(labels, rows, strict=True)]
+
+
 def _curves(rows: list[dict], *fields: str) -> dict[str, dict[int, float]]:
-    curves: dict[str, dict[int, float]] = {}
-    for row in rows:
-        curves[_label(row, *fields)] = {int(m): float(v) for m, v in row["certified_accuracy"].items()}
-    return curves
+    return {
+        label: {int(m): float(v) for m, v in row["certified_accuracy"].items()}
+        for label, row in zip(_unique_labels(rows, *fields), rows, strict=True)
+    }
 
 
 def make_report(sweep_dir: Path, output_dir: Path | None = None) -> list[Path]:
@@ -99,7 +130,8 @@ def make_report(sweep_dir: Path, output_dir: Path | None = None) -> list[Path]:
     written = [output_dir / "report.csv"]
     write_csv(written[0], COLUMNS, table)
 
-    certified = [r for r in rows if r.get("mode") in ("flcert_d", "flcert_p")]
+    runs = [r for r in rows if "recertifies" not in r]  # the figures compare runs (see module doc)
+    certified = [r for r in runs if r.get("mode") in ("flcert_d", "flcert_p")]
     by_setting: dict[tuple, list[dict]] = defaultdict(list)
     for row in certified:
         by_setting[(row["mode"], row.get("strategy"), row.get("attack"), row.get("num_malicious"))].append(row)
@@ -107,7 +139,7 @@ def make_report(sweep_dir: Path, output_dir: Path | None = None) -> list[Path]:
     if varying_n:
         path = output_dir / "ca_by_num_groups.png"
         plot_ca_curves(
-            {k: v for group in varying_n for k, v in _curves(group, "mode", "N", "rule").items()},
+            _curves([row for group in varying_n for row in group], "mode", "N", "rule"),
             path,
             title="CA@m for each number of groups N (FLCert Fig. 4)",
         )
@@ -116,22 +148,22 @@ def make_report(sweep_dir: Path, output_dir: Path | None = None) -> list[Path]:
         path = output_dir / "ca_by_rule.png"
         plot_ca_curves(_curves(certified, "mode", "rule", "N"), path, title="FLCert with different base rules (Fig. 8)")
         written.append(path)
-    systems = [r for r in rows if r.get("mode") in ("single", "crfl", "flcert_d", "flcert_p")]
+    systems = [r for r in runs if r.get("mode") in ("single", "crfl", "flcert_d", "flcert_p")]
     if len({r.get("mode") for r in systems}) > 1:
         path = output_dir / "ca_by_system.png"
         plot_ca_curves(
             _curves(systems, "mode", "rule", "N"), path, title="FLCert against single-model FL and CRFL (Fig. 3)"
         )
         written.append(path)
-    backdoor = [r for r in rows if r.get("final_attack_success_rate") is not None]
+    backdoor = [r for r in runs if r.get("final_attack_success_rate") is not None]
     if backdoor:
         path = output_dir / "backdoor_bars.png"
         bars = {
-            _label(r, "attack", "rule", "defense"): {
+            label: {
                 "clean accuracy": float(r["final_accuracy"]),
                 "attack success rate": float(r["final_attack_success_rate"]),
             }
-            for r in backdoor
+            for label, r in zip(_unique_labels(backdoor, "attack", "rule", "defense"), backdoor, strict=True)
         }
         plot_bars(bars, path, title="Clean accuracy and attack success rate (FLIP Tables 1-2)")
         written.append(path)

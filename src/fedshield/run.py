@@ -5,8 +5,9 @@ Output folder (Hydra's run dir):
 
 - ``config.yaml``   the resolved configuration
 - ``jobs/job_NNNNN.pt``  each job's final parameters and per-round metrics (resume points)
-- ``metrics.json``  per round of job 0 (the single model): accuracy, loss, attack success, time
-- ``final_model.pt`` state_dict of job 0; ``accuracy.png``
+- ``metrics.json``  per round of job 0 (the single model): accuracy, loss, attack success, time;
+  in an ensemble also ``groups``: per round the mean, std, min and max over all groups
+- ``final_model.pt`` state_dict of job 0; ``accuracy.png`` (job 0, and the groups' min-max band)
 - ``predictions.npy`` jobs x test inputs predicted labels; ``labels.npy`` true labels
 - ``votes.npy``     test inputs x labels vote counts (dense label spaces only)
 - ``certification.csv``  index, true label, prediction, certified level
@@ -47,6 +48,11 @@ logger = logging.getLogger(__name__)
 # Above this many labels (and more labels than jobs), votes are kept sparse: the top labels of
 # each input instead of a dense test-inputs x vocabulary matrix (next-word prediction).
 DENSE_LABEL_LIMIT = 1000
+
+
+def keeps_sparse_votes(*, num_labels: int, num_voters: int) -> bool:
+    """Whether a run keeps only ``predictions.npy`` (top labels per input) and no dense ``votes.npy``."""
+    return num_labels > DENSE_LABEL_LIMIT and num_labels > num_voters
 
 
 def job_predictions(
@@ -94,7 +100,7 @@ def votes_from_predictions(predictions: np.ndarray, *, num_labels: int) -> np.nd
     """Vote counts over the jobs: dense (num_test, num_labels), or :class:`TopVotes` when the
     label space is large, listing every label that got a vote (so nothing is approximated)."""
     num_jobs, num_test = predictions.shape
-    if num_labels > DENSE_LABEL_LIMIT and num_labels > num_jobs:
+    if keeps_sparse_votes(num_labels=num_labels, num_voters=num_jobs):
         return top_votes_from_predictions(predictions, min(num_jobs, num_labels), num_labels=num_labels)
     votes = np.zeros((num_test, num_labels), dtype=np.int64)
     for row in predictions:
@@ -238,18 +244,56 @@ def last_rounds_summary(history: list[dict], *, num_rounds: int) -> dict[str, fl
     }
 
 
-def write_first_job(experiment: Experiment, job: FinishedJob, output_dir: Path, *, rule_name: str) -> None:
-    """metrics.json, final_model.pt and accuracy.png of the first job (the single model)."""
+GROUP_METRICS = ("accuracy", "attack_success_rate")
+
+
+def spread_over_groups(histories: list[list[dict]]) -> list[dict]:
+    """Per evaluated round, each metric over the groups that measured it: mean, population
+    standard deviation, min and max (e.g. ``accuracy_mean``), and ``num_groups`` counted."""
+    by_round: dict[int, list[dict]] = {}
+    for history in histories:
+        for record in history:
+            if any(key in record for key in GROUP_METRICS):
+                by_round.setdefault(int(record["round"]), []).append(record)
+    rounds = []
+    for server_round, records in sorted(by_round.items()):
+        entry: dict = {"round": server_round, "num_groups": len(records)}
+        for key in GROUP_METRICS:
+            values = np.array([record[key] for record in records if record.get(key) is not None], dtype=np.float64)
+            if values.size:
+                entry.update(
+                    {
+                        f"{key}_mean": float(values.mean()),
+                        f"{key}_std": float(values.std()),
+                        f"{key}_min": float(values.min()),
+                        f"{key}_max": float(values.max()),
+                    }
+                )
+        rounds.append(entry)
+    return rounds
+
+
+def write_job_metrics(
+    experiment: Experiment, finished: dict[int, FinishedJob], output_dir: Path, *, rule_name: str
+) -> None:
+    """metrics.json, final_model.pt and accuracy.png: the first job (the single model) and, in an
+    ensemble of several jobs, every group's accuracy per round (``groups``; a band in the plot)."""
+    first = finished[min(finished)]
+    is_ensemble = len(finished) > 1
+    group_rounds = spread_over_groups([finished[job_id].history for job_id in sorted(finished)])
+    groups = {"num_groups": len(finished), "job_ids": sorted(finished), "rounds": group_rounds}
     write_json(
         output_dir / "metrics.json",
         {
-            "job_id": job.job_id,
-            **last_rounds_summary(job.history, num_rounds=experiment.num_rounds),
-            "rounds": job.history,
+            "job_id": first.job_id,
+            **last_rounds_summary(first.history, num_rounds=experiment.num_rounds),
+            "rounds": first.history,
+            **({"groups": groups} if is_ensemble else {}),
         },
     )
-    write_torch(output_dir / "final_model.pt", experiment.model_from_params(job.params).state_dict())
-    plot_accuracy(job.history, output_dir / "accuracy.png", title=f"job {job.job_id}: {rule_name}")
+    write_torch(output_dir / "final_model.pt", experiment.model_from_params(first.params).state_dict())
+    title = f"{len(finished)} groups: {rule_name}" if is_ensemble else f"job {first.job_id}: {rule_name}"
+    plot_accuracy(first.history, output_dir / "accuracy.png", title=title, groups=group_rounds if is_ensemble else None)
 
 
 def run_summary(cfg: DictConfig, experiment: Experiment, engine: Engine, finished: dict[int, FinishedJob]) -> dict:
@@ -299,7 +343,7 @@ def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
 
     cost = write_participation(experiment, [job.history for job in finished.values()], output_dir / "participation.csv")
     first = finished[min(finished)]
-    write_first_job(experiment, first, output_dir, rule_name=str(cfg.strategy._target_).rsplit(".", 1)[-1])
+    write_job_metrics(experiment, finished, output_dir, rule_name=str(cfg.strategy._target_).rsplit(".", 1)[-1])
     backdoor = write_backdoor_plot(experiment, first.params, output_dir / "backdoor.png")
     predictions = job_predictions(experiment, {job_id: job.params for job_id, job in finished.items()})
     write_npy(output_dir / "predictions.npy", predictions)

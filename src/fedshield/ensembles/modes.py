@@ -61,6 +61,15 @@ class Ensemble(ABC):
         """FLCert Sec. V: global iterations a client takes part in, beta * T for one job or disjoint groups."""
         return sample_fraction * num_rounds
 
+    def num_voters(self, num_jobs: int) -> int:
+        """How many votes each test input gets: one per trained job unless the mode votes otherwise."""
+        return num_jobs
+
+    def certification_settings(self) -> tuple[str, ...]:
+        """Fields that change only the certificate, not the training or the votes: the settings
+        ``fedshield certify`` may change on a finished run."""
+        return ()
+
 
 class SingleModel(Ensemble):
     """One FL job over all clients. Certified level 0: one malicious client can steer FedAvg anywhere."""
@@ -108,6 +117,9 @@ class CRFL(Ensemble):
         return crfl_round(
             params, max_norm=self.clip_norm, sigma=self.noise_std, job_seed=job_seed, server_round=server_round
         )
+
+    def num_voters(self, num_jobs: int) -> int:
+        return self.num_noisy_models  # the noisy copies of the one job's model vote, not the job
 
     def voters(self, params_by_job, *, seed: int):
         (params,) = params_by_job.values()
@@ -163,6 +175,10 @@ class FLCertP(Ensemble):
             raise GroupingError(f"ensemble.alpha must be in (0, 1); got {self.alpha}")
         if self.bounds not in ("paper", "simultaneous"):
             raise GroupingError(f"ensemble.bounds must be 'paper' or 'simultaneous'; got {self.bounds!r}")
+
+    def certification_settings(self) -> tuple[str, ...]:
+        # The exact certificate (exhaustive groups) uses neither a confidence level nor bounds.
+        return () if self.exhaustive else ("alpha", "bounds")
 
     def resolved_group_size(self, num_clients: int) -> int:
         # The paper's default k = n / N.
