@@ -1,11 +1,12 @@
 """Checks that need only the config and the data run in build_experiment, before any training:
-clients without samples and the Krum attack's budget."""
+clients without samples, the Krum attack's budget, and Krum's assumed number of attackers."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
+from omegaconf import OmegaConf
 
 from fedshield.attacks.selection import choose_malicious
 from fedshield.config import ConfigError, build_experiment, experiment_from_yaml
@@ -108,3 +109,71 @@ def test_the_krum_attack_passes_when_every_sample_leaves_room(tmp_path):
     cfg = tiny_config(tmp_path, "attack=krum", "num_clients=20", "attack.num_malicious=3")
 
     assert build_experiment(cfg).attack.num_malicious == 3
+
+
+# ------------------------------------------------------------------- Krum's assumed attackers f
+
+
+@pytest.mark.parametrize("rule", ["krum", "multi_krum", "bulyan"])
+def test_the_rules_f_defaults_to_the_attacks_count(tmp_path, rule, caplog):
+    cfg = tiny_config(
+        tmp_path,
+        f"strategy={rule}",
+        "num_clients=20",
+        "sample_fraction=1.0",
+        "attack=backdoor",
+        "attack.num_malicious=3",
+    )
+
+    with caplog.at_level(logging.WARNING, logger=BUILD_LOGGER):
+        experiment = build_experiment(cfg)
+
+    assert experiment.new_rule().num_malicious == 3
+    assert not [m for m in caplog.messages if "strategy.num_malicious" in m]
+    # The run folder's config.yaml records the f the rule ran with, and workers rebuild it.
+    assert OmegaConf.create(experiment.config_yaml).strategy.num_malicious == 3
+    assert experiment_from_yaml(experiment.config_yaml).new_rule().num_malicious == 3
+
+
+def test_the_rules_f_stays_one_without_attack_and_as_set_when_set(tmp_path):
+    no_attack = build_experiment(tiny_config(tmp_path, "strategy=krum", "num_clients=20"))
+    explicit = build_experiment(
+        tiny_config(
+            tmp_path,
+            "strategy=krum",
+            "strategy.num_malicious=4",
+            "num_clients=20",
+            "sample_fraction=1.0",
+            "attack.num_malicious=2",
+        )
+    )
+
+    assert no_attack.new_rule().num_malicious == 1  # the former default: attack-free runs are unchanged
+    assert explicit.new_rule().num_malicious == 4
+
+
+def test_a_rule_assuming_fewer_attackers_than_the_attack_warns_once(tmp_path, caplog):
+    cfg = tiny_config(
+        tmp_path,
+        "strategy=krum",
+        "strategy.num_malicious=1",
+        "num_clients=20",
+        "sample_fraction=1.0",
+        "attack=backdoor",
+        "attack.num_malicious=3",
+    )
+
+    with caplog.at_level(logging.WARNING, logger=BUILD_LOGGER):
+        experiment = build_experiment(cfg)
+
+    assert experiment.new_rule().num_malicious == 1  # kept as set
+    warnings = [m for m in caplog.messages if "strategy.num_malicious" in m]
+    assert len(warnings) == 1 and "strategy.num_malicious=1" in warnings[0] and "attack.num_malicious=3" in warnings[0]
+
+
+def test_a_rule_budget_the_sample_cannot_meet_is_a_config_error(tmp_path):
+    # f = 3 from the attack: Krum needs 2 * 3 + 3 = 9 of the 10 // 2 = 5 sampled clients.
+    cfg = tiny_config(tmp_path, "strategy=krum", "num_clients=10", "attack=backdoor", "attack.num_malicious=3")
+
+    with pytest.raises(ConfigError, match=r"^strategy: job 0 .*num_malicious=3.*; got num_clients=5$"):
+        build_experiment(cfg)

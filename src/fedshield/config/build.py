@@ -18,10 +18,13 @@ from fedshield.attacks.selection import choose_malicious
 from fedshield.data import Federation, make_federation
 from fedshield.experiment import Experiment, RunSettings
 from fedshield.flip import ConfidenceRejection, FlipConfig, FlipHardening
+from fedshield.rules import ByzantineBudgetError
 from fedshield.task.jobs import JobSpec, make_jobs
 from fedshield.task.training import LocalTrainingConfig
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Rule parameters that bound how many attackers the rule withstands (Krum's f, Trimmed mean's b).
+_ASSUMED_ATTACKERS_FIELDS = ("num_malicious", "num_trimmed")
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,32 @@ def exclude_clients_without_samples(
     return tuple(kept)
 
 
+def default_assumed_attackers(strategy: DictConfig, *, num_malicious: int) -> int | None:
+    """The f to fill in for ``strategy.num_malicious: null`` (Krum, Multi-Krum, Bulyan); None if set.
+
+    f defaults to ``attack.num_malicious``, the federation's attacker count (an assumption the
+    server makes about the whole federation, not about which clients a group happens to hold),
+    but at least 1, the former default, so that a run without attack keeps f = 1.
+    """
+    if "num_malicious" not in strategy or strategy.num_malicious is not None:
+        return None
+    return max(1, num_malicious)
+
+
+def warn_if_rule_assumes_fewer_attackers(strategy: DictConfig, *, num_malicious: int) -> None:
+    """One warning line when the rule withstands fewer attackers than the attack has."""
+    for field in _ASSUMED_ATTACKERS_FIELDS:
+        assumed = strategy.get(field)
+        if assumed is not None and int(assumed) < num_malicious:
+            logger.warning(
+                "strategy.%s=%d is fewer than attack.num_malicious=%d: the rule assumes fewer attackers than "
+                "the attack has",
+                field,
+                int(assumed),
+                num_malicious,
+            )
+
+
 def most_attackers_sampled(experiment: Experiment, job: JobSpec) -> int:
     """The most malicious clients one round of ``job`` can sample.
 
@@ -119,6 +148,16 @@ def check_attack_budget(experiment: Experiment) -> None:
                 f"attack.num_malicious: job {job.job_id} samples {num_sampled} clients per round, up to {attackers} "
                 f"of them attackers; {error}"
             ) from error
+
+
+def check_rule_budget(experiment: Experiment) -> None:
+    """The rule's precondition (e.g. Krum: n >= 2f + 3) on the clients every job samples per round."""
+    rule = experiment.new_rule()
+    for job in experiment.jobs:
+        try:
+            rule.check_precondition(experiment.num_sampled(job))
+        except ByzantineBudgetError as error:
+            raise ConfigError(f"strategy: job {job.job_id} samples too few clients per round; {error}") from error
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
@@ -180,6 +219,13 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experimen
     # Attackers are clients that take part: with no empty client, the same choice as ever.
     trainable = tuple(uid for uid in federation.user_ids if uid not in empty)
     malicious = choose_malicious(trainable, num_malicious=attack.num_malicious, seed=int(cfg.seed))
+    assumed = default_assumed_attackers(cfg.strategy, num_malicious=attack.num_malicious)
+    if assumed is not None:  # the run folder's config.yaml then records the f the rule runs with
+        merged = OmegaConf.merge(cfg, {"strategy": {"num_malicious": assumed}})
+        assert isinstance(merged, DictConfig)  # merging into a mapping gives a mapping
+        cfg = merged
+    if log_warnings:
+        warn_if_rule_assumes_fewer_attackers(cfg.strategy, num_malicious=attack.num_malicious)
     hardening, rejection = build_defense(cfg)
     device = torch.device(str(cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -204,9 +250,7 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experimen
     )
     _check_attackers_per_round(experiment)
     check_attack_budget(experiment)
-    rule = experiment.new_rule()
-    for job in experiment.jobs:  # the paper's precondition, checked when the run is built, not mid-run
-        rule.check_precondition(experiment.num_sampled(job))
+    check_rule_budget(experiment)  # the paper's precondition, checked when the run is built, not mid-run
     return experiment
 
 
