@@ -177,6 +177,13 @@ class Attack(ABC):  # noqa: B024 - an honest client unless a hook is overridden
     def is_active(self, server_round: int) -> bool:
         return self.num_malicious > 0 and self.schedule.is_active(server_round)
 
+    def check_precondition(self, *, num_sampled: int, num_attackers: int) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`AttackError` if the attack cannot run on a round of ``num_sampled``
+        clients of which ``num_attackers`` are malicious; every round qualifies by default.
+
+        Called when the run is built with the most attackers a job's sample can hold.
+        """
+
     def training_config(self, base: LocalTrainingConfig) -> LocalTrainingConfig:
         """The SGD budget a malicious client trains with: the honest ``base`` by default.
 

@@ -419,6 +419,11 @@ class KrumAttack(CraftingAttack):
         self.min_lambda = require_positive("attack.min_lambda", min_lambda)
         self.perturbation_radius = require_positive("attack.perturbation_radius", perturbation_radius, allow_zero=True)
 
+    def check_precondition(self, *, num_sampled: int, num_attackers: int) -> None:
+        """Krum's ``n >= 2c + 3`` for a round of ``n`` = ``num_sampled`` with ``c`` = ``num_attackers``."""
+        if num_attackers > 0:
+            _check_krum_budget(num_sampled - num_attackers, num_attackers)
+
     def craft_all(self, context: CraftContext) -> Tensor:
         return krum_attack(
             context.benign_rows,

@@ -5,22 +5,30 @@ Every check that needs only the config and the data runs here, before any traini
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedshield.attacks.base import AttackError
 from fedshield.attacks.selection import choose_malicious
-from fedshield.data import make_federation
+from fedshield.data import Federation, make_federation
 from fedshield.errors import UserError
 from fedshield.experiment import Experiment, RunSettings
 from fedshield.flip import ConfidenceRejection, FlipConfig, FlipHardening
-from fedshield.task.jobs import make_jobs
+from fedshield.rules import ByzantineBudgetError
+from fedshield.task.jobs import JobSpec, make_jobs
 from fedshield.task.training import LocalTrainingConfig
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Rule parameters that bound how many attackers the rule withstands (Krum's f, Trimmed mean's b).
+_ASSUMED_ATTACKERS_FIELDS = ("num_malicious", "num_trimmed")
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(UserError, ValueError):
@@ -76,6 +84,103 @@ def local_training(cfg: DictConfig) -> LocalTrainingConfig:
     return training
 
 
+def clients_without_samples(federation: Federation) -> frozenset[int]:
+    """User IDs of the clients the partition gave no sample (Fang or Dirichlet with many clients)."""
+    return frozenset(
+        uid for uid, indices in zip(federation.user_ids, federation.indices, strict=True) if not len(indices)
+    )
+
+
+def exclude_clients_without_samples(
+    jobs: tuple[JobSpec, ...], empty: frozenset[int], *, cfg: DictConfig, log_warnings: bool = True
+) -> tuple[JobSpec, ...]:
+    """The jobs without the clients in ``empty``: they have nothing to train on and send nothing.
+
+    Each job keeps its id and seed (so its sampling stream), and with no empty client the jobs
+    are returned as they are. A job left with no client is refused.
+    """
+    if not empty:
+        return jobs
+    kept = []
+    for job in jobs:
+        clients = tuple(uid for uid in job.client_ids if uid not in empty)
+        if not clients:
+            raise ConfigError(
+                f"partition: job {job.job_id} holds only clients without samples ({len(job.client_ids)} of them), "
+                "and a job needs at least one client with samples; use fewer clients, fewer groups or more data; "
+                f"got partition.scheme={cfg.partition.scheme} with num_clients={cfg.num_clients}"
+            )
+        kept.append(dataclasses.replace(job, client_ids=clients))
+    if log_warnings:
+        logger.warning("partition: %d of %d clients have no samples and take no part", len(empty), cfg.num_clients)
+    return tuple(kept)
+
+
+def default_assumed_attackers(strategy: DictConfig, *, num_malicious: int) -> int | None:
+    """The f to fill in for ``strategy.num_malicious: null`` (Krum, Multi-Krum, Bulyan); None if set.
+
+    f defaults to ``attack.num_malicious``, the federation's attacker count (an assumption the
+    server makes about the whole federation, not about which clients a group happens to hold),
+    but at least 1, the former default, so that a run without attack keeps f = 1.
+    """
+    if "num_malicious" not in strategy or strategy.num_malicious is not None:
+        return None
+    return max(1, num_malicious)
+
+
+def warn_if_rule_assumes_fewer_attackers(strategy: DictConfig, *, num_malicious: int) -> None:
+    """One warning line when the rule withstands fewer attackers than the attack has."""
+    for field in _ASSUMED_ATTACKERS_FIELDS:
+        assumed = strategy.get(field)
+        if assumed is not None and int(assumed) < num_malicious:
+            logger.warning(
+                "strategy.%s=%d is fewer than attack.num_malicious=%d: the rule assumes fewer attackers than "
+                "the attack has",
+                field,
+                int(assumed),
+                num_malicious,
+            )
+
+
+def most_attackers_sampled(experiment: Experiment, job: JobSpec) -> int:
+    """The most malicious clients one round of ``job`` can sample.
+
+    Uniform sampling can draw all of the job's attackers up to the sample size; with
+    ``attackers_per_round`` the count of :func:`fedshield.server.rounds.sample_with_attackers`.
+    """
+    num_sampled = experiment.num_sampled(job)
+    attackers = sum(1 for uid in job.client_ids if experiment.is_malicious(uid))
+    wanted = experiment.settings.attackers_per_round
+    if wanted is None:
+        return min(attackers, num_sampled)
+    benign = len(job.client_ids) - attackers
+    return num_sampled - min(num_sampled - min(wanted, attackers, num_sampled), benign)
+
+
+def check_attack_budget(experiment: Experiment) -> None:
+    """The attack's precondition (Krum attack: n >= 2c + 3) in the worst round of every job."""
+    for job in experiment.jobs:
+        num_sampled = experiment.num_sampled(job)
+        attackers = most_attackers_sampled(experiment, job)
+        try:
+            experiment.attack.check_precondition(num_sampled=num_sampled, num_attackers=attackers)
+        except AttackError as error:
+            raise ConfigError(
+                f"attack.num_malicious: job {job.job_id} samples {num_sampled} clients per round, up to {attackers} "
+                f"of them attackers; {error}"
+            ) from error
+
+
+def check_rule_budget(experiment: Experiment) -> None:
+    """The rule's precondition (e.g. Krum: n >= 2f + 3) on the clients every job samples per round."""
+    rule = experiment.new_rule()
+    for job in experiment.jobs:
+        try:
+            rule.check_precondition(experiment.num_sampled(job))
+        except ByzantineBudgetError as error:
+            raise ConfigError(f"strategy: job {job.job_id} samples too few clients per round; {error}") from error
+
+
 def run_settings(cfg: DictConfig) -> RunSettings:
     return RunSettings(
         seed=int(cfg.seed),
@@ -101,8 +206,12 @@ def build_defense(cfg: DictConfig) -> tuple[FlipHardening | None, ConfidenceReje
     return FlipHardening(flip), (ConfidenceRejection(flip.tau) if flip.tau > 0 else None)
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Load data, partition it, group clients into jobs and check every precondition up front."""
+def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experiment:
+    """Load data, partition it, group clients into jobs and check every precondition up front.
+
+    ``log_warnings=False`` keeps the processes that rebuild the run (workers, Flower clients)
+    from repeating the warnings the run's own process logged.
+    """
     _check_config(cfg)
     train, test = instantiate(cfg.dataset)
     federation = make_federation(
@@ -115,6 +224,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     )
     ensemble = instantiate(cfg.ensemble)
     ensemble.check(federation.num_clients)
+    # Groups are drawn from every client, so a client with samples is in the same group whether
+    # or not others are empty; the empty ones are then left out of their groups.
     groups = ensemble.groups(federation.user_ids, seed=int(cfg.seed))
     jobs = make_jobs(groups, run_seed=int(cfg.seed))
     if cfg.get("only_jobs"):  # a lone run of some groups: the same jobs, nothing else
@@ -123,8 +234,19 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         if unknown:
             raise ConfigError(f"only_jobs names jobs {sorted(unknown)} outside [0, {len(jobs)})")
         jobs = tuple(job for job in jobs if job.job_id in wanted)
+    empty = clients_without_samples(federation)
+    jobs = exclude_clients_without_samples(jobs, empty, cfg=cfg, log_warnings=log_warnings)
     attack = instantiate(cfg.attack, _convert_="all")
-    malicious = choose_malicious(federation.user_ids, num_malicious=attack.num_malicious, seed=int(cfg.seed))
+    # Attackers are clients that take part: with no empty client, the same choice as ever.
+    trainable = tuple(uid for uid in federation.user_ids if uid not in empty)
+    malicious = choose_malicious(trainable, num_malicious=attack.num_malicious, seed=int(cfg.seed))
+    assumed = default_assumed_attackers(cfg.strategy, num_malicious=attack.num_malicious)
+    if assumed is not None:  # the run folder's config.yaml then records the f the rule runs with
+        merged = OmegaConf.merge(cfg, {"strategy": {"num_malicious": assumed}})
+        assert isinstance(merged, DictConfig)  # merging into a mapping gives a mapping
+        cfg = merged
+    if log_warnings:
+        warn_if_rule_assumes_fewer_attackers(cfg.strategy, num_malicious=attack.num_malicious)
     hardening, rejection = build_defense(cfg)
     device = parse_device(str(cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -148,9 +270,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         dtype=_DTYPES[str(cfg.precision)],
     )
     _check_attackers_per_round(experiment)
-    rule = experiment.new_rule()
-    for job in jobs:  # the paper's precondition, checked when the run is built, not mid-run
-        rule.check_precondition(experiment.num_sampled(job))
+    check_attack_budget(experiment)
+    check_rule_budget(experiment)  # the paper's precondition, checked when the run is built, not mid-run
     return experiment
 
 
@@ -160,4 +281,4 @@ def experiment_from_yaml(config_yaml: str) -> Experiment:
     cfg = OmegaConf.create(config_yaml)
     if not isinstance(cfg, DictConfig):
         raise ConfigError("a run config must be a mapping")
-    return build_experiment(cfg)
+    return build_experiment(cfg, log_warnings=False)

@@ -47,7 +47,7 @@ def check_runs(overrides: Sequence[str], *, multirun: bool = False) -> int:
         named = any(item.split("=", 1)[0].lstrip("+~") == "output_dir" for item in run)
         cfg = compose_config(run, output_dir=None if named else _UNWRITTEN_OUTPUT)
         try:
-            build_experiment(cfg)
+            build_experiment(cfg, log_warnings=False)  # the run itself warns, once
         except UserError:
             raise
         except ValueError as error:  # a domain check (ensemble, attack, FLIP) refusing a setting
