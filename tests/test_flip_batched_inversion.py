@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from fedshield.flip import FlipConfig, FlipHardening
+from fedshield.flip.class_distance import DISTANCE_KEY, ClassDistanceCache, choose_pairs
+from fedshield.flip.client import plan_problem, stored_triggers
 from fedshield.flip.inversion import (
     InversionConfig,
     InvertedTrigger,
@@ -134,3 +138,61 @@ def test_batched_inversion_is_bit_identical_run_to_run(client, problems):
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a.mask, b.mask) and torch.equal(a.pattern, b.pattern)
         assert (a.mask_l1, a.attack_success, a.converged) == (b.mask_l1, b.attack_success, b.converged)
+
+
+def replay_one_by_one(config: FlipConfig, model, x, y, plan, state, generator) -> list[InvertedTrigger]:
+    """FLIP's plan run as before batching: direction after direction, each warm-starting from
+    the warm-start cache as the directions before it left it."""
+    stored = stored_triggers(state)
+    triggers = []
+    for direction in plan:
+        trigger = invert_problem(model, plan_problem(config, x, y, direction, stored=stored, generator=generator))
+        if is_plausible(trigger, max_mask_fraction=config.max_mask_fraction):
+            stored[direction.key] = (trigger.mask, trigger.pattern)
+        else:
+            stored.pop(direction.key, None)
+        triggers.append(trigger)
+    return triggers
+
+
+def test_flip_round_batches_its_plan_as_one_by_one_in_plan_order(client):
+    """A later round whose two pairs are (7, 2) and (2, 7), each inverted both ways: the plan
+    repeats the directions 7->2 and 2->7, and their second inversion must warm-start from the
+    first one's result, as one by one; the random draws must come in the same order."""
+    # Prepare
+    model, x, y = client
+    config = FlipConfig(
+        num_classes=10,
+        pairs_per_round=2,
+        exploration=0.0,
+        inversion_steps=40,
+        warm_inversion_steps=15,
+        samples_per_label=10,
+        adversarial_training=False,
+    )
+    distances = np.full((10, 10), np.nan)
+    distances[7, TARGET], distances[TARGET, 7] = 10.0, 20.0
+    state = {DISTANCE_KEY: distances, "flip.participations": np.array([1])}
+    generator, replay_generator = torch_generator(3), torch_generator(3)
+
+    # Execute
+    round_ = FlipHardening(config).start(model, x, y, server_round=2, state=state, generator=generator)
+    held = sorted(int(label) for label in torch.unique(y).tolist())
+    pairs = choose_pairs(
+        ClassDistanceCache.from_state(state, 10),
+        num_pairs=2,
+        exploration=0.0,
+        generator=replay_generator,
+        source_labels=held,
+    )
+    expected = replay_one_by_one(config, model, x, y, round_.plan, state, replay_generator)
+
+    # Assert
+    assert pairs == [(7, TARGET), (TARGET, 7)]
+    assert [direction.key for direction in round_.plan] == ["7.2", "2.7", "2.7", "7.2"]
+    # The repeated directions did start warm: a first inversion left a plausible trigger.
+    assert any(is_plausible(t, max_mask_fraction=config.max_mask_fraction) for t in expected[:2])
+    assert round_.inversions == 4
+    for trigger, reference in zip(round_.triggers, expected, strict=True):
+        assert_agree(trigger, reference)
+    assert torch.equal(generator.get_state(), replay_generator.get_state())
