@@ -12,12 +12,14 @@ every round they take part in:
    client holds enough samples of both labels (:func:`~fedshield.flip.inversion.pair_directions`).
 2. **Invert** them on the global model before the first batch, and again on the *current local
    model* every ``reinvert_every`` batches, so the triggers follow the model as hardening moves
-   it. Every inversion is warm-started from the client's cached mask and pattern for that
-   direction when it has one (``warm_inversion_steps``), else runs a fresh inversion
-   (``inversion_steps``); the cache lives in the client's per-job state, so a later
-   participation starts from what the client found before (FLIP's code keeps ``mask_dict``).
-   Only plausible triggers are cached: a large mask found before the backdoor existed would
-   trap the next inversion of that direction next to it.
+   it; a round's directions run together in one batched Adam loop
+   (:func:`~fedshield.flip.inversion.invert_batch`). Every inversion is warm-started from the
+   client's cached mask and pattern for that direction when it has one
+   (``warm_inversion_steps``), else runs a fresh inversion (``inversion_steps``); the cache
+   lives in the client's per-job state, so a later participation starts from what the client
+   found before (FLIP's code keeps ``mask_dict``). Only plausible triggers are cached: a large
+   mask found before the backdoor existed would trap the next inversion of that direction
+   next to it.
 3. **Harden**: every batch gets stamped copies of its samples that keep their true labels,
    stamped with the plausible triggers of the latest inversion (:mod:`fedshield.flip.hardening`).
 
@@ -39,7 +41,14 @@ from torch import nn
 from fedshield.flip.class_distance import ClassDistanceCache, choose_pairs
 from fedshield.flip.config import FlipConfig, FlipConfigError
 from fedshield.flip.hardening import hardening_transform
-from fedshield.flip.inversion import InvertedTrigger, invert_direction, is_plausible, pair_directions
+from fedshield.flip.inversion import (
+    InversionProblem,
+    InvertedTrigger,
+    direction_problem,
+    invert_batch,
+    is_plausible,
+    pair_directions,
+)
 from fedshield.task.defense import ClientDefense, ClientState, DefenseRound
 from fedshield.task.training import BatchTransform
 
@@ -63,6 +72,36 @@ class Direction:
     @property
     def key(self) -> str:
         return f"u.{self.target}" if self.universal else f"{self.source_labels[0]}.{self.target}"
+
+
+def plan_problem(
+    config: FlipConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    direction: Direction,
+    *,
+    stored: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    generator: torch.Generator,
+) -> InversionProblem:
+    """The inversion of ``direction``: warm-started from its cached trigger in ``stored`` with
+    ``warm_inversion_steps`` when there is one (and ``warm_start`` is on), else fresh with
+    ``inversion_steps``; its samples (and a fresh start) are drawn from ``generator``."""
+    per_label = config.universal_samples_per_label if direction.universal else config.samples_per_label
+    warm = stored.get(direction.key) if config.warm_start else None
+    inversion = config.inversion
+    if warm is not None:
+        inversion = dataclasses.replace(inversion, steps=config.warm_inversion_steps)
+    return direction_problem(
+        x,
+        y,
+        source_labels=direction.source_labels,
+        target=direction.target,
+        samples_per_label=per_label,
+        generator=generator,
+        config=inversion,
+        initial_mask=None if warm is None else warm[0],
+        initial_pattern=None if warm is None else warm[1],
+    )
 
 
 def stored_triggers(state: ClientState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -147,24 +186,8 @@ class FlipRound(DefenseRound):
             )
         ]
 
-    def _invert(self, direction: Direction, generator: torch.Generator) -> InvertedTrigger:
-        per_label = self.config.universal_samples_per_label if direction.universal else self.config.samples_per_label
-        warm = self.stored.get(direction.key) if self.config.warm_start else None
-        config = self.config.inversion
-        if warm is not None:
-            config = dataclasses.replace(config, steps=self.config.warm_inversion_steps)
-        trigger = invert_direction(
-            self.model,
-            self.x,
-            self.y,
-            source_labels=direction.source_labels,
-            target=direction.target,
-            samples_per_label=per_label,
-            generator=generator,
-            config=config,
-            initial_mask=None if warm is None else warm[0],
-            initial_pattern=None if warm is None else warm[1],
-        )
+    def _adopt(self, direction: Direction, trigger: InvertedTrigger) -> None:
+        """Record a finished inversion in the class-distance cache and the warm-start cache."""
         self.inversions += 1
         self.cache.update(trigger)
         # Only a plausible trigger is a start worth keeping: warm-starting from a large mask
@@ -173,17 +196,38 @@ class FlipRound(DefenseRound):
             self.stored[direction.key] = (trigger.mask, trigger.pattern)
         else:
             self.stored.pop(direction.key, None)
-        return trigger
 
     def _invert_plan(self, generator: torch.Generator, *, rerun: bool) -> list[InvertedTrigger]:
         """Invert every planned direction; a re-run (during training) re-inverts only the
-        directions with a cached trigger to warm-start from, and keeps the others' last result."""
-        if not rerun:
-            return [self._invert(direction, generator) for direction in self.plan]
-        return [
-            self._invert(direction, generator) if direction.key in self.stored else previous
-            for direction, previous in zip(self.plan, self.triggers, strict=True)
-        ]
+        directions with a cached trigger to warm-start from, and keeps the others' last result.
+
+        The directions run together in one :func:`~fedshield.flip.inversion.invert_batch`
+        (one forward pass per Adam step for all of them; bench/bench_flip_batched.py measures
+        the gain). A batch is the same as inverting the directions one after the other in plan
+        order with :func:`~fedshield.flip.inversion.invert_direction`, within the float
+        tolerance stated in ``invert_batch``: the random draws (samples, fresh starts) are made
+        in plan order, and a direction whose key repeats one already in the batch, so that it
+        warm-starts from that one's result, starts a new batch.
+        """
+        results: list[InvertedTrigger | None] = list(self.triggers) if rerun else [None] * len(self.plan)
+        batch: list[tuple[int, Direction, InversionProblem]] = []
+
+        def run_batch() -> None:
+            triggers = invert_batch(self.model, [problem for _, _, problem in batch])
+            for (position, direction, _), trigger in zip(batch, triggers, strict=True):
+                self._adopt(direction, trigger)
+                results[position] = trigger
+            batch.clear()
+
+        for position, direction in enumerate(self.plan):
+            if any(direction.key == queued.key for _, queued, _ in batch):
+                run_batch()
+            if rerun and direction.key not in self.stored:
+                continue
+            problem = plan_problem(self.config, self.x, self.y, direction, stored=self.stored, generator=generator)
+            batch.append((position, direction, problem))
+        run_batch()
+        return [trigger for trigger in results if trigger is not None]
 
     # ------------------------------------------------------------------ hardening
 
