@@ -155,10 +155,12 @@ def replay_one_by_one(config: FlipConfig, model, x, y, plan, state, generator) -
     return triggers
 
 
-def test_flip_round_batches_its_plan_as_one_by_one_in_plan_order(client):
+@pytest.mark.parametrize("batched", [True, False])
+def test_flip_round_batches_its_plan_as_one_by_one_in_plan_order(client, batched):
     """A later round whose two pairs are (7, 2) and (2, 7), each inverted both ways: the plan
     repeats the directions 7->2 and 2->7, and their second inversion must warm-start from the
-    first one's result, as one by one; the random draws must come in the same order."""
+    first one's result, as one by one; the random draws must come in the same order. With
+    ``batched_inversion=False`` the round is the one-by-one reference itself, bit for bit."""
     # Prepare
     model, x, y = client
     config = FlipConfig(
@@ -169,6 +171,7 @@ def test_flip_round_batches_its_plan_as_one_by_one_in_plan_order(client):
         warm_inversion_steps=15,
         samples_per_label=10,
         adversarial_training=False,
+        batched_inversion=batched,
     )
     distances = np.full((10, 10), np.nan)
     distances[7, TARGET], distances[TARGET, 7] = 10.0, 20.0
@@ -195,4 +198,6 @@ def test_flip_round_batches_its_plan_as_one_by_one_in_plan_order(client):
     assert round_.inversions == 4
     for trigger, reference in zip(round_.triggers, expected, strict=True):
         assert_agree(trigger, reference)
+        if not batched:
+            assert torch.equal(trigger.mask, reference.mask) and torch.equal(trigger.pattern, reference.pattern)
     assert torch.equal(generator.get_state(), replay_generator.get_state())

@@ -83,16 +83,20 @@ def test_resume_command_uses_the_saved_config_and_says_what_it_resumed(finished_
     killed = tmp_path / "killed"
     result = fedshield(*TINY, *ENSEMBLE, f"output_dir={killed}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    (killed / "jobs" / "job_00001.pt").unlink()
+    jobs = sorted(path.name for path in (killed / "jobs").glob("job_*.pt"))
+    assert len(jobs) >= 2  # empty hash groups train no job
+    removed, *kept_names = jobs
+    (killed / "jobs" / removed).unlink()
     (killed / "summary.json").unlink()
-    kept = {name: (killed / "jobs" / name).stat().st_mtime_ns for name in ("job_00000.pt", "job_00002.pt")}
+    kept = {name: (killed / "jobs" / name).stat().st_mtime_ns for name in kept_names}
 
     resumed = fedshield("resume", str(killed), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {killed}: 2 of 3 groups already finished, training the other 1" in resumed.stderr
+    total = len(jobs)
+    assert f"resuming {killed}: {total - 1} of {total} groups already finished, training the other 1" in resumed.stderr
     assert {name: (killed / "jobs" / name).stat().st_mtime_ns for name in kept} == kept
     assert (killed / "votes.npy").read_bytes() == (finished_run / "votes.npy").read_bytes()
-    assert (killed / "jobs" / "job_00001.pt").exists()
+    assert (killed / "jobs" / removed).exists()
 
 
 def test_resume_line_counts_the_finished_groups(tmp_path):
@@ -156,7 +160,12 @@ BAD_INPUTS = [
     (["only_jobs=[7]"], "error: only_jobs: names jobs [7] outside [0, 1)"),
     (["num_rounds=1,2"], "error: Ambiguous value for argument 'num_rounds=1,2'"),
     (["--multirun", "num_rounds=1,abc"], "error: num_rounds: Value 'abc' of type 'str' could not be converted"),
+    (["attack=backdoor", "attack.target_label=12"], "error: attack.target_label: must be in [0, 10)"),
+    (["attack=krum", "attack.num_malicious=3"], "error: attack.num_malicious: "),
+    (["strategy=krum", "strategy.num_malicious=2"], "error: strategy: "),
     (["resume", "nothere"], "error: run_dir: "),
+    (["certify", "nothere"], "error: run_dir: "),
+    (["report", "nothere"], "error: sweep_dir: no summary.json under"),
 ]
 
 

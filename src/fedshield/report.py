@@ -22,6 +22,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from fedshield.errors import UserError
 from fedshield.files import write_csv
 from fedshield.plots import plot_bars, plot_ca_curves
 
@@ -110,12 +111,16 @@ def _curves(rows: list[dict], *fields: str) -> dict[str, dict[int, float]]:
     }
 
 
+class ReportError(UserError, FileNotFoundError):
+    """The folder given to ``fedshield report`` holds no run."""
+
+
 def make_report(sweep_dir: Path, output_dir: Path | None = None) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     output_dir = Path(output_dir) if output_dir is not None else sweep_dir
     rows = collect(sweep_dir)
     if not rows:
-        raise FileNotFoundError(f"no summary.json under {sweep_dir}")
+        raise ReportError(f"sweep_dir: no summary.json under {sweep_dir} (give a folder of fedshield runs)")
     table = []
     for row in rows:
         ca = row.get("certified_accuracy", {})

@@ -51,6 +51,13 @@ def _check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"server_learning_rate must be > 0; got {cfg.server_learning_rate}")
 
 
+def _check_target_label(experiment: Experiment) -> None:
+    """A backdoor's target must be one of the dataset's labels (else its ASR is silently 0)."""
+    target, num_labels = experiment.attack.target_label, experiment.test.num_classes
+    if target is not None and not 0 <= target < num_labels:
+        raise ConfigError(f"attack.target_label: must be in [0, {num_labels}) (the dataset's labels); got {target}")
+
+
 def _check_attackers_per_round(experiment: Experiment) -> None:
     attackers = experiment.settings.attackers_per_round
     if attackers is None:
@@ -269,6 +276,7 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experimen
         device=device,
         dtype=_DTYPES[str(cfg.precision)],
     )
+    _check_target_label(experiment)
     _check_attackers_per_round(experiment)
     check_attack_budget(experiment)
     check_rule_budget(experiment)  # the paper's precondition, checked when the run is built, not mid-run

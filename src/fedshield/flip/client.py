@@ -46,6 +46,7 @@ from fedshield.flip.inversion import (
     InvertedTrigger,
     direction_problem,
     invert_batch,
+    invert_problem,
     is_plausible,
     pair_directions,
 )
@@ -213,7 +214,11 @@ class FlipRound(DefenseRound):
         batch: list[tuple[int, Direction, InversionProblem]] = []
 
         def run_batch() -> None:
-            triggers = invert_batch(self.model, [problem for _, _, problem in batch])
+            problems = [problem for _, _, problem in batch]
+            if self.config.batched_inversion:
+                triggers = invert_batch(self.model, problems)
+            else:  # the one-by-one reference
+                triggers = [invert_problem(self.model, problem) for problem in problems]
             for (position, direction, _), trigger in zip(batch, triggers, strict=True):
                 self._adopt(direction, trigger)
                 results[position] = trigger
