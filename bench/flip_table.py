@@ -138,7 +138,12 @@ class Row:
 
 
 def plan(
-    *, quick: bool, rerun_threshold_ablation: bool, only: list[str] | None, seeds: list[int] | None = None
+    *,
+    quick: bool,
+    rerun_threshold_ablation: bool,
+    only: list[str] | None,
+    seeds: list[int] | None = None,
+    one_by_one: bool = False,
 ) -> list[Row]:
     rows = []
     for setting, experiment in SETTINGS.items():
@@ -152,6 +157,8 @@ def plan(
             if only and not any(text.lower() in f"{setting} {name}".lower() for text in only):
                 continue
             base = (*experiment, f"dataset.root={MNIST_ROOT}", *scale, *overrides)
+            if one_by_one and "defense=none" not in overrides:
+                base = (*base, "defense.batched_inversion=false")
             for seed in seeds or [None]:
                 seeded = base if seed is None else (*base, f"seed={seed}")
                 rows.append(Row(setting, name, seeded, seed))
@@ -279,11 +286,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="train every row once per seed (seed=S) and add a per-seed summary"
     )
+    parser.add_argument(
+        "--one-by-one",
+        action="store_true",
+        help="FLIP rows invert one trigger at a time (defense.batched_inversion=false): the path REPRODUCTION.md's "
+        "table was measured with, reproduced bit for bit",
+    )
     parser.add_argument("--reuse", action="store_true", help="read rows whose run folder already has a summary")
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     rows = plan(
-        quick=args.quick, rerun_threshold_ablation=args.rerun_threshold_ablation, only=args.only, seeds=args.seeds
+        quick=args.quick,
+        rerun_threshold_ablation=args.rerun_threshold_ablation,
+        only=args.only,
+        seeds=args.seeds,
+        one_by_one=args.one_by_one,
     )
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
