@@ -11,6 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ class Ensemble(ABC):
     votes are the jobs' own predictions."""
 
     mode: str
+    # Whether the voters are the jobs' own final models (then their final evaluation is the vote).
+    voters_are_jobs: ClassVar[bool] = True
 
     @abstractmethod
     def check(self, num_clients: int) -> None:
@@ -98,6 +101,7 @@ class CRFL(Ensemble):
     noise_std: float = 0.01
     num_noisy_models: int = 1000
     mode: str = "crfl"
+    voters_are_jobs: ClassVar[bool] = False  # the noisy copies vote; the job's model does not
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0:
