@@ -92,7 +92,10 @@ def child(args: argparse.Namespace) -> None:
         "engine=local",
         f"engine.workers={args.workers}",
     ]
-    cfg = compose_config([*common, "ensemble=flcert_d", f"ensemble.num_groups={args.child}"], output_dir=args.output)
+    cfg = compose_config(
+        [*common, "ensemble=flcert_d", "ensemble.grouping=hash", f"ensemble.num_groups={args.child}"],
+        output_dir=args.output,
+    )
     start = time.perf_counter()
     run(cfg)
     wall = time.perf_counter() - start

@@ -34,6 +34,7 @@ FLIP_SMALL = ["defense=flip", "defense.inversion_steps=5"]
 CONFIGS = {
     "flcert_d_trim": [
         "ensemble=flcert_d",
+        "ensemble.grouping=hash",  # the grouping of fingerprints recorded before #16 (drop on older trees)
         "ensemble.num_groups=2",
         "num_clients=20",
         "strategy=trimmed_mean",
@@ -58,6 +59,7 @@ CONFIGS = {
     "single_shot": ["attack=backdoor_single_shot", "attack.num_malicious=2"],
     "flcert_flip": [
         "ensemble=flcert_d",
+        "ensemble.grouping=hash",
         "ensemble.num_groups=2",
         "num_clients=16",
         "model=cnn",

@@ -202,7 +202,13 @@ def test_a_refused_certify_writes_nothing(flcert_p_run, overrides, damage):
 def test_certify_a_real_flcert_d_run(tmp_path):
     """A real FLCert-D run (with hash groups that may be empty): certify rebuilds N from the
     config, reproduces the run's certificate, and refuses what the run does not have."""
-    overrides = ["ensemble=flcert_d", "ensemble.num_groups=6", "engine=local", "engine.workers=1"]
+    overrides = [
+        "ensemble=flcert_d",
+        "ensemble.grouping=hash",
+        "ensemble.num_groups=6",
+        "engine=local",
+        "engine.workers=1",
+    ]
     summary = run(tiny_config(tmp_path, *overrides, name="d"))
     run_dir = tmp_path / "d"
     num_jobs = len(list((run_dir / "jobs").glob("job_*.pt")))

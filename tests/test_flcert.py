@@ -47,8 +47,8 @@ from fedshield.server import checkpoints
 _save = checkpoints.CheckpointStore.save
 
 
-def save(self, job_id, params, history):
-    _save(self, job_id, params, history)
+def save(self, *args, **kwargs):
+    _save(self, *args, **kwargs)
     if len(list(self.directory.glob("job_*.pt"))) == 2:
         time.sleep(600)
 

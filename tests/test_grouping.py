@@ -1,14 +1,24 @@
 """FLCert grouping (Cao et al., TIFS 2022, Sec. IV): keyed-hash disjoint groups and sampled groups."""
 
+import hashlib
 import math
 import subprocess
 import sys
 
 import pytest
 
+from fedshield.config import build_experiment, compose_config
+from fedshield.config.user_errors import describe_user_error
 from fedshield.data import make_user_ids
 from fedshield.ensembles import FLCertD, FLCertP
-from fedshield.ensembles.grouping import GroupingError, flcert_d_groups, flcert_p_groups, hash_group
+from fedshield.ensembles.grouping import (
+    GroupingError,
+    balanced_groups,
+    flcert_d_groups,
+    flcert_p_groups,
+    hash_group,
+)
+from fedshield.task.determinism import derive_seed
 from fedshield.task.jobs import make_jobs
 
 USERS = make_user_ids(200, seed=0)
@@ -70,6 +80,7 @@ def test_flcert_p_exhaustive_enumerates_all_subsets():
         (lambda: FLCertP(alpha=1.0), r"ensemble.alpha must be in \(0, 1\); got 1.0"),
         (lambda: FLCertP(alpha=0.0), r"ensemble.alpha must be in \(0, 1\)"),
         (lambda: FLCertP(bounds="loose"), "ensemble.bounds"),
+        (lambda: FLCertD(grouping="foo"), "ensemble.grouping: must be 'balanced' or 'hash'; got 'foo'"),
     ],
 )
 def test_bad_ensemble_values_name_the_field(make, message):
@@ -95,3 +106,66 @@ def test_flcert_d_empty_groups_train_no_job_and_keep_their_index():
     jobs = make_jobs(groups, run_seed=0)
     assert [j.job_id for j in jobs] == [g for g, members in enumerate(groups) if members]
     assert all(jobs[i].client_ids == groups[jobs[i].job_id] for i in range(len(jobs)))
+
+
+# Balanced FLCert-D grouping: every group votes.
+
+
+@pytest.mark.parametrize("num_clients, num_groups", [(1000, 500), (20, 15), (200, 7), (30, 30), (30, 1)])
+def test_balanced_groups_partition_the_clients_into_sizes_within_one(num_clients, num_groups):
+    users = make_user_ids(num_clients, seed=2)
+    groups = balanced_groups(users, num_groups=num_groups, key=11)
+    assert len(groups) == num_groups
+    assert sorted(uid for group in groups for uid in group) == sorted(users)  # disjoint, covering
+    sizes = [len(group) for group in groups]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert all(group == tuple(sorted(group)) for group in groups)
+
+
+def test_balanced_groups_are_keyed_and_deterministic():
+    groups = balanced_groups(USERS, num_groups=10, key=42)
+    assert groups == balanced_groups(USERS, num_groups=10, key=42)
+    assert groups != balanced_groups(USERS, num_groups=10, key=43)
+    # The deal is by keyed rank, not by user ID order: the grouping is not the identity deal.
+    assert groups != [tuple(sorted(sorted(USERS)[g::10])) for g in range(10)]
+
+
+def test_balanced_groups_refuse_more_groups_than_clients():
+    with pytest.raises(GroupingError, match=r"ensemble.num_groups must be in \[1, n=5\]; got 6"):
+        balanced_groups(USERS[:5], num_groups=6, key=0)
+
+
+def test_hash_grouping_is_the_papers_keyed_blake2b_mod_n():
+    """grouping=hash gives the groups it always gave: BLAKE2b(uid, key=derive_seed(...)) mod N."""
+    seed, num_groups = 3, 15
+    key = derive_seed("flcert-d-key", seed).to_bytes(8, "little")
+    expected: list[list[int]] = [[] for _ in range(num_groups)]
+    for uid in USERS:
+        digest = hashlib.blake2b(uid.to_bytes(8, "little"), digest_size=8, key=key).digest()
+        expected[int.from_bytes(digest, "little") % num_groups].append(uid)
+    groups = FLCertD(num_groups=num_groups, grouping="hash").groups(USERS, seed=seed)
+    assert groups == [tuple(sorted(members)) for members in expected]
+    assert groups == flcert_d_groups(USERS, num_groups=num_groups, key=derive_seed("flcert-d-key", seed))
+
+
+def flcert_d_experiment(tmp_path, *overrides):
+    cfg = compose_config(
+        ["ensemble=flcert_d", "num_clients=20", "ensemble.num_groups=15", *overrides], output_dir=tmp_path
+    )
+    return build_experiment(cfg, log_warnings=False)
+
+
+def test_flcert_d_config_deals_balanced_groups_by_default(tmp_path):
+    balanced = flcert_d_experiment(tmp_path)
+    assert len(balanced.jobs) == 15  # every group trains a model and votes
+    assert [job.client_ids for job in balanced.jobs] == FLCertD(num_groups=15, grouping="balanced").groups(
+        balanced.federation.user_ids, seed=balanced.seed
+    )
+    hashed = flcert_d_experiment(tmp_path, "ensemble.grouping=hash")
+    assert len(hashed.jobs) < 15  # 20 clients hashed into 15 buckets leave some empty
+
+
+def test_unknown_grouping_is_a_one_line_user_error(tmp_path):
+    with pytest.raises(Exception) as raised:
+        flcert_d_experiment(tmp_path, "ensemble.grouping=foo")
+    assert describe_user_error(raised.value) == "ensemble.grouping: must be 'balanced' or 'hash'; got 'foo'"

@@ -60,7 +60,9 @@ def test_clients_without_samples_take_no_part_and_are_counted_once(tmp_path, cap
 
 def test_a_job_of_only_empty_clients_is_refused_before_training(tmp_path):
     # 250 FLCert-D hash groups of the 1,000 clients: groups 46 and 101 hold only empty clients.
-    cfg = tiny_config(tmp_path, *SPARSE_FANG, "ensemble=flcert_d", "ensemble.num_groups=250", "engine=local")
+    cfg = tiny_config(
+        tmp_path, *SPARSE_FANG, "ensemble=flcert_d", "ensemble.grouping=hash", "ensemble.num_groups=250", "engine=local"
+    )
 
     with pytest.raises(ConfigError, match=r"^partition: job 46 .*without samples.*; got partition\.scheme=fang"):
         run(cfg)

@@ -68,6 +68,19 @@ def job_predictions(
     ).astype(np.int64)
 
 
+def voter_predictions(experiment: Experiment, finished: dict[int, FinishedJob]) -> np.ndarray:
+    """(num_voters, num_test) labels: each job's predictions from its final evaluation when the
+    jobs' models are the voters, or computed (:func:`job_predictions`) for the ensemble's own
+    voters (CRFL's noisy copies) and for checkpoints saved without predictions."""
+    if not experiment.ensemble.voters_are_jobs:
+        return job_predictions(experiment, {job_id: job.params for job_id, job in finished.items()})
+    saved = {job_id: job.predictions.numpy() for job_id, job in finished.items() if job.predictions is not None}
+    missing = {job_id: job.params for job_id, job in finished.items() if job.predictions is None}
+    if missing:
+        saved.update(zip(sorted(missing), job_predictions(experiment, missing), strict=True))
+    return np.stack([saved[job_id] for job_id in sorted(finished)]).astype(np.int64)
+
+
 def ensemble_attack_success(experiment: Experiment, params_by_job: dict[int, torch.Tensor]) -> dict[str, float]:
     """The backdoor measured on the ensemble, not on one group model: every voter predicts the
     triggered test inputs, the ensemble's label is their (certified) majority vote, and the
@@ -224,7 +237,7 @@ def train_jobs(
     with JobProgress(total_jobs=len(experiment.jobs), done=len(finished), rounds=experiment.num_rounds) as progress:
 
         def on_job_done(result: FinishedJob) -> None:
-            store.save(result.job_id, result.params, result.history)
+            store.save(result.job_id, result.params, result.history, result.predictions)
             finished[result.job_id] = result
             progress.job_done()
 
@@ -345,7 +358,7 @@ def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
     first = finished[min(finished)]
     write_job_metrics(experiment, finished, output_dir, rule_name=str(cfg.strategy._target_).rsplit(".", 1)[-1])
     backdoor = write_backdoor_plot(experiment, first.params, output_dir / "backdoor.png")
-    predictions = job_predictions(experiment, {job_id: job.params for job_id, job in finished.items()})
+    predictions = voter_predictions(experiment, finished)
     write_npy(output_dir / "predictions.npy", predictions)
     votes = votes_from_predictions(predictions, num_labels=experiment.test.num_classes)
     if isinstance(votes, np.ndarray):

@@ -19,11 +19,13 @@ from fedshield.task.jobs import JobSpec
 
 @dataclass(frozen=True)
 class FinishedJob:
-    """A trained job: its final global parameters and one record per round."""
+    """A trained job: its final global parameters, one record per round, and the final model's
+    predicted test labels (from its last evaluation; None from a checkpoint that predates them)."""
 
     job_id: int
     params: torch.Tensor
     history: list[dict]
+    predictions: torch.Tensor | None = None
 
 
 OnJobDone = Callable[[FinishedJob], None]

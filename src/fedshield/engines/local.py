@@ -44,7 +44,7 @@ class InProcessTransport:
 
 def train_one_job(experiment: Experiment, job: JobSpec, on_round: OnRound | None = None) -> FinishedJob:
     (state,) = run_jobs(experiment, [job], InProcessTransport(experiment), on_round=on_round)
-    return FinishedJob(job.job_id, state.params, state.history)
+    return FinishedJob(job.job_id, state.params, state.history, state.predictions)
 
 
 def _worker_init() -> None:

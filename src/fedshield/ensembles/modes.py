@@ -11,13 +11,20 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from fedshield.certify import TopVotes, flcert_d, flcert_p, flcert_p_exact
 from fedshield.ensembles.crfl import crfl_round, smoothed_copies
-from fedshield.ensembles.grouping import GroupingError, flcert_d_groups, flcert_p_groups
+from fedshield.ensembles.grouping import (
+    FLCERT_D_GROUPINGS,
+    GroupingError,
+    balanced_groups,
+    flcert_d_groups,
+    flcert_p_groups,
+)
 from fedshield.task.determinism import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -37,6 +44,8 @@ class Ensemble(ABC):
     votes are the jobs' own predictions."""
 
     mode: str
+    # Whether the voters are the jobs' own final models (then their final evaluation is the vote).
+    voters_are_jobs: ClassVar[bool] = True
 
     @abstractmethod
     def check(self, num_clients: int) -> None:
@@ -98,6 +107,7 @@ class CRFL(Ensemble):
     noise_std: float = 0.01
     num_noisy_models: int = 1000
     mode: str = "crfl"
+    voters_are_jobs: ClassVar[bool] = False  # the noisy copies vote; the job's model does not
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0:
@@ -135,17 +145,29 @@ class CRFL(Ensemble):
 
 @dataclass
 class FLCertD(Ensemble):
-    """FLCert-D: ``num_groups`` disjoint groups by keyed hash; deterministic certificate (eq. 12)."""
+    """FLCert-D: ``num_groups`` disjoint groups, dealt by keyed-hash rank (``grouping=balanced``,
+    no empty group) or by keyed hash mod N (``hash``, the paper's); deterministic certificate (eq. 12)."""
 
     num_groups: int = 10
+    # conf/ensemble/flcert_d.yaml chooses balanced; "hash" here keeps configs saved before the
+    # field existed (all hash-grouped) resuming and reproducing as they were run.
+    grouping: str = "hash"
     mode: str = "flcert_d"
+
+    def __post_init__(self) -> None:
+        if self.grouping not in FLCERT_D_GROUPINGS:
+            allowed = " or ".join(repr(name) for name in FLCERT_D_GROUPINGS)
+            raise GroupingError(f"ensemble.grouping: must be {allowed}; got {self.grouping!r}")
 
     def check(self, num_clients: int) -> None:
         if not 1 <= self.num_groups <= num_clients:
             raise GroupingError(f"ensemble.num_groups must be in [1, n={num_clients}]; got {self.num_groups}")
 
     def groups(self, user_ids: tuple[int, ...], *, seed: int) -> list[tuple[int, ...]]:
-        groups = flcert_d_groups(user_ids, num_groups=self.num_groups, key=derive_seed("flcert-d-key", seed))
+        key = derive_seed("flcert-d-key", seed)
+        if self.grouping == "balanced":
+            return balanced_groups(user_ids, num_groups=self.num_groups, key=key)
+        groups = flcert_d_groups(user_ids, num_groups=self.num_groups, key=key)
         empty = sum(1 for group in groups if not group)
         if empty:
             logger.warning(

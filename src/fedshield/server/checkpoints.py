@@ -27,10 +27,19 @@ class CheckpointStore:
     def path(self, job_id: int) -> Path:
         return self.directory / f"job_{job_id:05d}.pt"
 
-    def save(self, job_id: int, params: torch.Tensor, history: list[dict]) -> None:
-        write_torch(self.path(job_id), {"job_id": job_id, "digest": self.digest, "params": params, "history": history})
+    def save(
+        self, job_id: int, params: torch.Tensor, history: list[dict], predictions: torch.Tensor | None = None
+    ) -> None:
+        """Write a finished job; its predicted test labels too, so a resumed run need not
+        evaluate it again."""
+        payload = {"job_id": job_id, "digest": self.digest, "params": params, "history": history}
+        if predictions is not None:
+            payload["predictions"] = predictions
+        write_torch(self.path(job_id), payload)
 
-    def load(self, job_id: int) -> tuple[torch.Tensor, list[dict]] | None:
+    def load(self, job_id: int) -> tuple[torch.Tensor, list[dict], torch.Tensor | None] | None:
+        """A job's params, history and predictions (None in checkpoints written before
+        predictions were saved); None when the job has no checkpoint."""
         path = self.path(job_id)
         if not path.exists():
             return None
@@ -39,7 +48,7 @@ class CheckpointStore:
             raise CheckpointMismatchError(
                 f"{path} was written by another configuration; use a new output_dir or resume=false"
             )
-        return payload["params"], payload["history"]
+        return payload["params"], payload["history"], payload.get("predictions")
 
     def clear(self) -> None:
         for path in self.directory.glob("job_*.pt"):

@@ -36,9 +36,16 @@ def evaluate_params(experiment: Experiment, params: torch.Tensor) -> dict[str, f
     input as wrong / not a success, and the rejections and the detector's ROC AUC are added;
     the unrejected values stay as ``raw_accuracy`` and ``raw_attack_success_rate``.
     """
+    return evaluate_with_predictions(experiment, params)[0]
+
+
+def evaluate_with_predictions(experiment: Experiment, params: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`evaluate_params` and the model's predicted test labels (argmax of the logits,
+    int64), from the same single pass over the test set: a job's final evaluation gives its votes."""
     x, y = experiment.test_tensors
     model = experiment.model_from_params(params)
     logits = predict_logits(model, x)
+    predictions = logits.argmax(1).cpu()
     metrics = {
         "accuracy": float((logits.argmax(1) == y).double().mean()),
         "test_loss": float(F.cross_entropy(logits.double(), y)),
@@ -46,7 +53,7 @@ def evaluate_params(experiment: Experiment, params: torch.Tensor) -> dict[str, f
     triggered = triggered_test_set(experiment)
     target = experiment.attack.target_label
     if triggered is None or target is None:
-        return metrics
+        return metrics, predictions
     stamped_x, stamped_y = triggered
     triggered_logits = predict_logits(model, stamped_x)
     metrics["attack_success_rate"] = attack_success_rate(
@@ -62,7 +69,7 @@ def evaluate_params(experiment: Experiment, params: torch.Tensor) -> dict[str, f
         # Counts stay integers (rejected_clean, num_triggered, ...); rates are floats.
         metrics.update({key: value if isinstance(value, int) else float(value) for key, value in flip.items()})
         metrics["accuracy"] = metrics.pop("clean_accuracy")
-    return metrics
+    return metrics, predictions
 
 
 def write_backdoor_plot(experiment: Experiment, params: torch.Tensor, path: Path) -> dict[str, float] | None:

@@ -26,7 +26,7 @@ import torch
 from fedshield.experiment import Experiment
 from fedshield.models.params import get_flat_params
 from fedshield.rules import AggregationRule
-from fedshield.server.evaluation import evaluate_params
+from fedshield.server.evaluation import evaluate_params, evaluate_with_predictions
 from fedshield.server.rounds import aggregate_round, sample_clients, sample_with_attackers, server_reference_update
 from fedshield.task.jobs import JobSpec
 from fedshield.task.messages import ClientReply, CraftRequest, ReplyKey, TrainRequest
@@ -48,6 +48,8 @@ class JobState:
     params: torch.Tensor
     rule: AggregationRule
     history: list[dict] = field(default_factory=list)
+    # The final model's predicted test labels, set by the last round's evaluation: the votes.
+    predictions: torch.Tensor | None = None
 
 
 def start_jobs(experiment: Experiment, jobs: Iterable[JobSpec]) -> list[JobState]:
@@ -157,7 +159,10 @@ def finish_job_round(
         **client_metrics(list(arrived.values())),
     }
     every = experiment.settings.eval_every
-    if (every > 0 and server_round % every == 0) or server_round == experiment.num_rounds:
+    if server_round == experiment.num_rounds:  # always evaluated, whatever eval_every
+        metrics, state.predictions = evaluate_with_predictions(experiment, state.params)
+        record.update(metrics)
+    elif every > 0 and server_round % every == 0:
         record.update(evaluate_params(experiment, state.params))
     state.history.append(record)
 

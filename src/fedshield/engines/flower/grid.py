@@ -43,5 +43,5 @@ class GridEngine:
         for start in range(0, len(jobs), self.groups_per_wave):
             wave = list(jobs[start : start + self.groups_per_wave])
             for state in run_jobs(experiment, wave, transport, on_round=on_progress):
-                on_job_done(FinishedJob(state.job.job_id, state.params, state.history))
+                on_job_done(FinishedJob(state.job.job_id, state.params, state.history, state.predictions))
         self.failed_replies = transport.failures
