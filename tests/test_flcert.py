@@ -104,21 +104,20 @@ def test_killed_run_resumes_bit_identical(tmp_path):
 
 
 def test_resume_refuses_another_config(tmp_path):
+    """Refused by the saved config.yaml first and, were that file lost, by each checkpoint's
+    digest: a resume never mixes two experiments."""
+    from fedshield.run import ResumeError
     from fedshield.server.checkpoints import CheckpointMismatchError
 
     run(tiny_config(tmp_path, *ENSEMBLE, "engine=local", "engine.workers=1", name="a"))
+    changed = tiny_config(
+        tmp_path, *ENSEMBLE, "engine=local", "engine.workers=1", "client.learning_rate=0.2", "resume=true", name="a"
+    )
+    with pytest.raises(ResumeError, match=r"client.learning_rate \(saved 0.05, given 0.2\)"):
+        run(changed)
+    (tmp_path / "a" / "config.yaml").unlink()
     with pytest.raises(CheckpointMismatchError, match="another configuration"):
-        run(
-            tiny_config(
-                tmp_path,
-                *ENSEMBLE,
-                "engine=local",
-                "engine.workers=1",
-                "client.learning_rate=0.2",
-                "resume=true",
-                name="a",
-            )
-        )
+        run(changed)
 
 
 def test_recertify_from_saved_votes(tmp_path):
