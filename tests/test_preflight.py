@@ -116,16 +116,13 @@ def test_the_krum_attack_passes_when_every_sample_leaves_room(tmp_path):
 # ------------------------------------------------------------------- Krum's assumed attackers f
 
 
+# 20 clients, all sampled each round, 3 of them backdoor attackers.
+THREE_ATTACKERS_IN_EVERY_ROUND = ["num_clients=20", "sample_fraction=1.0", "attack=backdoor", "attack.num_malicious=3"]
+
+
 @pytest.mark.parametrize("rule", ["krum", "multi_krum", "bulyan"])
 def test_the_rules_f_defaults_to_the_attacks_count(tmp_path, rule, caplog):
-    cfg = tiny_config(
-        tmp_path,
-        f"strategy={rule}",
-        "num_clients=20",
-        "sample_fraction=1.0",
-        "attack=backdoor",
-        "attack.num_malicious=3",
-    )
+    cfg = tiny_config(tmp_path, f"strategy={rule}", *THREE_ATTACKERS_IN_EVERY_ROUND)
 
     with caplog.at_level(logging.WARNING, logger=BUILD_LOGGER):
         experiment = build_experiment(cfg)
@@ -155,15 +152,7 @@ def test_the_rules_f_stays_one_without_attack_and_as_set_when_set(tmp_path):
 
 
 def test_a_rule_assuming_fewer_attackers_than_the_attack_warns_once(tmp_path, caplog):
-    cfg = tiny_config(
-        tmp_path,
-        "strategy=krum",
-        "strategy.num_malicious=1",
-        "num_clients=20",
-        "sample_fraction=1.0",
-        "attack=backdoor",
-        "attack.num_malicious=3",
-    )
+    cfg = tiny_config(tmp_path, "strategy=krum", "strategy.num_malicious=1", *THREE_ATTACKERS_IN_EVERY_ROUND)
 
     with caplog.at_level(logging.WARNING, logger=BUILD_LOGGER):
         experiment = build_experiment(cfg)
