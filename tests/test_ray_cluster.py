@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 
-from fedshield.engines.flower.simulation import FlowerEngine
+from fedshield.config import build_experiment
+from fedshield.engines.flower.grid import GridEngine
+from fedshield.engines.flower.simulation import FlowerEngine, RayResourcesError
+from fedshield.engines.flower.transport import NodeDiscoveryError
 from fedshield.run import run
 from helpers import TINY, tiny_config
 
@@ -134,6 +138,19 @@ def test_a_ray_address_in_ray_init_args_is_refused():
         FlowerEngine(ray_init_args={"address": "auto"})
 
 
+def test_an_empty_actor_pool_is_reported_as_the_client_resources():
+    engine = FlowerEngine(client_resources={"num_cpus": 1, "num_gpus": 0.5})
+    try:  # Flower wraps the backend's error twice
+        try:
+            raise ValueError("ActorPool is empty. Stopping Simulation.")
+        except ValueError as reason:
+            raise RuntimeError("Simulation Runtime crashed.") from reason
+    except RuntimeError as crashed:
+        error = engine._backend_error(crashed)
+    assert isinstance(error, RayResourcesError)
+    assert str(error).startswith("engine.client_resources: ") and "'num_gpus': 0.5" in str(error)
+
+
 @pytest.mark.slow
 @pytest.mark.flower
 def test_attaching_to_a_running_cluster_gives_the_local_engines_votes(tmp_path, ray_head, monkeypatch):
@@ -159,6 +176,18 @@ def test_attaching_to_a_running_cluster_gives_the_local_engines_votes(tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.flower
+def test_unsatisfiable_client_resources_stop_the_run_at_once(tmp_path):
+    done, seconds = _cli(tmp_path, "engine.client_resources.num_gpus=0.5")  # this machine has no GPU
+    # Interpreter, Hydra and Ray start-up take 20-50 s on a busy 2-core machine; the ServerApp used
+    # to wait OLD_DISCOVERY_TIMEOUT more for nodes that never come.
+    assert seconds < OLD_DISCOVERY_TIMEOUT / 3, f"took {seconds:.0f} s"
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: engine.client_resources: ") and "'num_gpus': 0.5" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.flower
 def test_an_address_nobody_listens_on_fails_fast_naming_engine_address(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     done, seconds = _cli(tmp_path, f"engine.address={address}")
@@ -166,3 +195,34 @@ def test_an_address_nobody_listens_on_fails_fast_naming_engine_address(tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("error: engine.address: no Ray cluster answers at ") and address in line, line
+
+
+class _GridWithoutNodes:
+    """A Grid on which no SuperNode ever connects."""
+
+    def get_node_ids(self) -> list[int]:
+        return []
+
+
+def test_node_discovery_gives_up_after_engine_discovery_timeout(tmp_path):
+    cfg = tiny_config(tmp_path, "engine=flower", "engine.discovery_timeout=1")
+    engine = GridEngine(_GridWithoutNodes(), discovery_timeout=instantiate(cfg.engine).discovery_timeout)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(NodeDiscoveryError, match=r"only 0 of 6 SuperNodes connected in 1 s"):
+        engine.train(build_experiment(cfg), [], on_job_done=lambda job: None)
+    assert time.monotonic() - started < 30
+
+
+class _ServerBug(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+def test_an_error_of_the_server_app_is_raised_as_itself(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise _ServerBug("in the ServerApp")
+
+    monkeypatch.setattr(GridEngine, "train", fail)
+    with pytest.raises(_ServerBug, match="in the ServerApp"):
+        run(tiny_config(tmp_path, "engine=flower"))

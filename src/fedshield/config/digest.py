@@ -14,6 +14,7 @@ _VOLATILE_ENGINE_KEYS = (
     "client_resources",
     "ray_init_args",
     "address",
+    "discovery_timeout",
 )
 
 
