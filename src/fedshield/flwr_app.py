@@ -29,4 +29,9 @@ def main(grid: Grid, context: Context) -> None:
     if "num-server-rounds" in run_config and not any(o.startswith("num_rounds=") for o in overrides):
         overrides.append(f"num_rounds={int(run_config['num-server-rounds'])}")
     cfg = compose_config(overrides, output_dir=str(run_config.get("output-dir", "outputs/flwr-run")))
-    run(cfg, engine=GridEngine(grid, groups_per_wave=int(cfg.engine.get("groups_per_wave", 50))))
+    engine = GridEngine(
+        grid,
+        groups_per_wave=int(cfg.engine.get("groups_per_wave", 50)),
+        discovery_timeout=float(cfg.engine.get("discovery_timeout", 300.0)),
+    )
+    run(cfg, engine=engine)

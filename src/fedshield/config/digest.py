@@ -8,7 +8,14 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change any job's result.
 _VOLATILE_KEYS = ("output_dir", "resume", "eval_every")
-_VOLATILE_ENGINE_KEYS = ("workers", "groups_per_wave", "client_resources", "ray_init_args")
+_VOLATILE_ENGINE_KEYS = (
+    "workers",
+    "groups_per_wave",
+    "client_resources",
+    "ray_init_args",
+    "address",
+    "discovery_timeout",
+)
 
 
 def config_digest(cfg: DictConfig) -> str:

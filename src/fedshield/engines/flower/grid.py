@@ -24,9 +24,10 @@ class GridEngine:
 
     name = "flower"
 
-    def __init__(self, grid: Grid, *, groups_per_wave: int = 50) -> None:
+    def __init__(self, grid: Grid, *, groups_per_wave: int = 50, discovery_timeout: float = 300.0) -> None:
         self.grid = grid
         self.groups_per_wave = check_groups_per_wave(groups_per_wave)
+        self.discovery_timeout = discovery_timeout
         self.failed_replies = 0
 
     def train(
@@ -38,7 +39,9 @@ class GridEngine:
         on_progress: OnRound | None = None,
     ) -> None:
         transport = FlowerTransport(
-            self.grid, discover_nodes(self.grid, experiment.federation.user_ids), experiment.config_yaml
+            self.grid,
+            discover_nodes(self.grid, experiment.federation.user_ids, timeout=self.discovery_timeout),
+            experiment.config_yaml,
         )
         for start in range(0, len(jobs), self.groups_per_wave):
             wave = list(jobs[start : start + self.groups_per_wave])
