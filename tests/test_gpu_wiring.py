@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fedshield.client.work import train_step
-from fedshield.config import ConfigError, build_experiment
+from fedshield.config import CONFIG_DIR, ConfigError, build_experiment
 from fedshield.config.digest import config_digest
+from fedshield.engines.flower.simulation import FlowerEngine
 from fedshield.engines.flower.transport import ClientUserError
 from fedshield.models.params import get_flat_params
 from fedshield.run import run
@@ -76,13 +78,46 @@ def test_clients_train_on_the_client_device_and_reply_on_the_servers(tmp_path):
     assert experiment.client_tensors(job.client_ids[0])[0].device == experiment.client_device
 
 
-def test_client_device_null_keeps_the_digest_of_runs_saved_before_the_key_and_a_set_one_changes_it(tmp_path):
+def test_client_device_null_and_gpu_share_keep_the_digest_of_runs_saved_before_them_and_a_set_device_changes_it(
+    tmp_path,
+):
     cfg = tiny_config(tmp_path)
     assert cfg.client.device is None
     before_the_key = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     del before_the_key.client["device"]
+    del before_the_key.engine["gpu_share"]  # new too, and changes no result
     assert config_digest(cfg) == config_digest(before_the_key)
     assert config_digest(tiny_config(tmp_path, "client.device=cuda")) != config_digest(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "num_gpus"),
+    [
+        ([], 0.0),  # CPU clients ask Ray for no GPU
+        (["client.device=cuda"], 0.05),  # LogisticRegression's share
+        (["device=cuda", "model=mlp"], 0.1),  # client.device null: the server's device
+        (["client.device=auto"], 0.0),  # auto uses a GPU only where one is given
+        (["client.device=cuda", "engine.client_resources.num_gpus=0.5"], 0.5),  # a number is kept
+    ],
+)
+def test_a_client_asks_ray_for_its_models_gpu_share_when_it_uses_cuda(tmp_path, overrides, num_gpus):
+    cfg = tiny_config(tmp_path, "engine=flower", *overrides)
+    engine = instantiate(cfg.engine)
+    resources = engine.client_resources_for(build_experiment(cfg, serves=False))
+    assert resources == {"num_cpus": 1, "num_gpus": num_gpus}
+
+
+def test_every_model_has_a_documented_gpu_share(tmp_path):
+    shares = tiny_config(tmp_path, "engine=flower").engine.gpu_share
+    for model_file in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")):
+        model_class = str(OmegaConf.load(model_file)._target_).rsplit(".", 1)[-1]
+        assert model_class in shares, model_file.name
+
+
+@pytest.mark.parametrize("gpu_share", [{"default": 0}, {"default": "half"}, {"MnistCNN": 0.1}])
+def test_a_gpu_share_that_is_not_a_positive_number_or_lacks_a_default_is_refused(gpu_share):
+    with pytest.raises(ValueError, match=r"^engine\.gpu_share(\.default)?: .*; got"):
+        FlowerEngine(gpu_share=gpu_share)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ _VOLATILE_ENGINE_KEYS = (
     "workers",
     "groups_per_wave",
     "client_resources",
+    "gpu_share",
     "ray_init_args",
     "address",
     "discovery_timeout",
