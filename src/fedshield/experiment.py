@@ -27,6 +27,7 @@ from fedshield.models.params import set_flat_params
 from fedshield.rules import AggregationRule
 from fedshield.task.defense import ClientDefense
 from fedshield.task.determinism import derive_seed
+from fedshield.task.devices import resolve_client_device
 from fedshield.task.jobs import JobSpec
 from fedshield.task.training import LocalTrainingConfig
 
@@ -83,8 +84,9 @@ class Experiment:
     ensemble: Ensemble
     attack: Attack
     malicious_ids: frozenset[int]
-    device: torch.device
+    device: torch.device  # the server's: evaluation, aggregation, FLTrust's root update
     dtype: torch.dtype
+    client_device_name: str | None = None  # client.device as written; see fedshield.task.devices
     hardening: ClientDefense | None = None  # client side of a defense (FLIP's hardening)
     rejection: ConfidenceRejection | None = None  # server side (FLIP's tau)
     _client_tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
@@ -100,12 +102,19 @@ class Experiment:
     def num_rounds(self) -> int:
         return self.settings.num_rounds
 
-    def new_model(self) -> nn.Module:
+    @functools.cached_property
+    def client_device(self) -> torch.device:
+        """Where this process trains clients: ``client.device`` resolved here, on first use (so a
+        driver without CUDA can run clients on GPU workers)."""
+        return resolve_client_device(self.client_device_name, self.device)
+
+    def new_model(self, device: torch.device | None = None) -> nn.Module:
+        """A fresh module on ``device`` (default: the server's)."""
         model = self.model_builder(input_shape=self.train.input_shape, num_classes=self.train.num_classes)
-        return model.to(device=self.device, dtype=self.dtype)
+        return model.to(device=self.device if device is None else device, dtype=self.dtype)
 
     def work_model(self, params: torch.Tensor) -> nn.Module:
-        """``new_model()`` loaded with ``params``, but one module reused per thread.
+        """``new_model(client_device)`` loaded with ``params``, but one module reused per thread.
 
         Building the CNN took 0.5 to 1 ms per client update (7% of the engine's time at
         N = 50, bench/README.md), so client updates reuse this thread's module, reset each call
@@ -115,7 +124,7 @@ class Experiment:
         """
         thread = threading.get_ident()
         if thread not in self._work_models:
-            model = self.new_model()
+            model = self.new_model(self.client_device)
             integers = {name: t.clone() for name, t in model.state_dict().items() if not t.is_floating_point()}
             self._work_models[thread] = (model, integers, [p.requires_grad for p in model.parameters()])
         model, integers, requires_grad = self._work_models[thread]
@@ -142,15 +151,18 @@ class Experiment:
             torch.manual_seed(derive_seed("init", job.seed))
             return self.new_model()
 
-    def tensors(self, dataset: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(dataset.x).to(self.device)
+    def tensors(self, dataset: ArrayDataset, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dataset`` as tensors on ``device`` (default: the server's)."""
+        device = self.device if device is None else device
+        x = torch.from_numpy(dataset.x).to(device)
         if x.is_floating_point():  # token IDs (text) stay integers
             x = x.to(self.dtype)
-        return x, torch.from_numpy(dataset.y).to(self.device)
+        return x, torch.from_numpy(dataset.y).to(device)
 
     def client_tensors(self, user_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if user_id not in self._client_tensors:
-            self._client_tensors[user_id] = self.tensors(self.train.subset(self.federation.indices_of(user_id)))
+            subset = self.train.subset(self.federation.indices_of(user_id))
+            self._client_tensors[user_id] = self.tensors(subset, self.client_device)
         return self._client_tensors[user_id]
 
     def num_examples(self, user_id: int) -> int:

@@ -42,7 +42,8 @@ def train_step(
         defense = experiment.hardening.start(model, x, y, server_round=server_round, state=state, generator=generator)
         transform = defense.transform
     loss = local_train(model, x, y, config=training, generator=generator, batch_transform=transform)
-    update = get_flat_params(model) - request.global_params
+    # Trained on the client's device; replied on the server's (a no-op when they are the same).
+    update = get_flat_params(model).to(request.global_params.device) - request.global_params
     if attacking:
         update = attack.post_process(update, server_round=server_round, num_sampled=request.num_sampled)
     metrics: dict[str, float] = {}

@@ -21,6 +21,7 @@ from fedshield.errors import UserError
 from fedshield.experiment import Experiment, RunSettings
 from fedshield.flip import ConfidenceRejection, FlipConfig, FlipHardening
 from fedshield.rules import ByzantineBudgetError
+from fedshield.task.devices import check_client_device
 from fedshield.task.jobs import JobSpec, make_jobs
 from fedshield.task.training import LocalTrainingConfig
 
@@ -82,8 +83,9 @@ def parse_device(name: str) -> torch.device:
 
 def local_training(cfg: DictConfig) -> LocalTrainingConfig:
     """``cfg.client`` checked against :class:`LocalTrainingConfig`'s field types."""
+    budget = {key: value for key, value in cfg.client.items() if key != "device"}  # client.device: not SGD
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(LocalTrainingConfig), cfg.client)
+        typed = OmegaConf.merge(OmegaConf.structured(LocalTrainingConfig), budget)
     except OmegaConfBaseException as error:
         raise ConfigError(f"client.{error.full_key}: {error.msg}") from None
     training = OmegaConf.to_object(typed)
@@ -213,11 +215,20 @@ def build_defense(cfg: DictConfig) -> tuple[FlipHardening | None, ConfidenceReje
     return FlipHardening(flip), (ConfidenceRejection(flip.tau) if flip.tau > 0 else None)
 
 
-def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experiment:
+def client_device_name(cfg: DictConfig) -> str | None:
+    """``client.device``, checked for form only: whether CUDA is there is the client worker's concern."""
+    name = cfg.client.get("device")
+    name = None if name is None else str(name)
+    check_client_device(name)
+    return name
+
+
+def build_experiment(cfg: DictConfig, *, log_warnings: bool = True, serves: bool = True) -> Experiment:
     """Load data, partition it, group clients into jobs and check every precondition up front.
 
     ``log_warnings=False`` keeps the processes that rebuild the run (workers, Flower clients)
-    from repeating the warnings the run's own process logged.
+    from repeating the warnings the run's own process logged. ``serves=False`` (a Flower client's
+    process) skips the check that the server's ``device`` exists here: only the clients compute there.
     """
     _check_config(cfg)
     train, test = instantiate(cfg.dataset)
@@ -256,7 +267,7 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experimen
         warn_if_rule_assumes_fewer_attackers(cfg.strategy, num_malicious=attack.num_malicious)
     hardening, rejection = build_defense(cfg)
     device = parse_device(str(cfg.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if serves and device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device!r} but CUDA is not available; use device=cpu")
     experiment = Experiment(
         settings=run_settings(cfg),
@@ -275,6 +286,7 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experimen
         malicious_ids=frozenset(malicious),
         device=device,
         dtype=_DTYPES[str(cfg.precision)],
+        client_device_name=client_device_name(cfg),
     )
     _check_target_label(experiment)
     _check_attackers_per_round(experiment)
@@ -284,9 +296,10 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True) -> Experimen
 
 
 @functools.lru_cache(maxsize=4)
-def experiment_from_yaml(config_yaml: str) -> Experiment:
-    """Build (once per process) the experiment a Flower message or a worker describes."""
+def experiment_from_yaml(config_yaml: str, *, serves: bool = True) -> Experiment:
+    """Build (once per process) the experiment a Flower message or a worker describes
+    (``serves=False``: a process that only runs clients, see :func:`build_experiment`)."""
     cfg = OmegaConf.create(config_yaml)
     if not isinstance(cfg, DictConfig):
         raise ConfigError("a run config must be a mapping")
-    return build_experiment(cfg, log_warnings=False)
+    return build_experiment(cfg, log_warnings=False, serves=serves)

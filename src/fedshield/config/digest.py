@@ -12,6 +12,7 @@ _VOLATILE_ENGINE_KEYS = (
     "workers",
     "groups_per_wave",
     "client_resources",
+    "gpu_share",
     "ray_init_args",
     "address",
     "discovery_timeout",
@@ -42,6 +43,12 @@ def _result_items(cfg: DictConfig) -> list[tuple[str, str]]:
         engine = data.get("engine")
         if isinstance(engine, dict):
             engine.pop(key, None)
+    client = data.get("client")
+    if isinstance(client, dict) and client.get("device") is None:
+        # client.device=null (the default: the server's device) is what every run did before the key
+        # existed, so its digest stays the one of runs saved without it; a set value is kept, as
+        # `device` is (CUDA's float results need not equal the CPU's).
+        client.pop("device", None)
     return _flatten(data)  # keys end in "." (kept: the digest of saved checkpoints depends on it)
 
 

@@ -17,6 +17,9 @@ by ``partition-id``. Per-job client state (FLIP's class-distance cache) lives in
 
 from __future__ import annotations
 
+import os
+import sys
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,6 +27,7 @@ from fedshield.client.work import craft_step, train_step
 from fedshield.config.build import experiment_from_yaml
 from fedshield.engines.flower.records import (
     EXPERIMENT_KEY,
+    USER_ERROR_KEY,
     array_record,
     as_int,
     as_ints,
@@ -35,6 +39,7 @@ from fedshield.engines.flower.records import (
 )
 from fedshield.experiment import Experiment
 from fedshield.task.determinism import configure_torch
+from fedshield.task.devices import ClientDeviceError
 from fedshield.task.jobs import JobSpec
 from fedshield.task.messages import CraftRequest, TrainRequest
 
@@ -46,13 +51,50 @@ def _experiment_and_job(
 ) -> tuple[Experiment, JobSpec, int, ConfigRecord | MetricRecord]:
     configure_torch(threads=1)
     config = scalars(message.content, "config")
-    experiment = experiment_from_yaml(str(config[EXPERIMENT_KEY]))
+    experiment = experiment_from_yaml(str(config[EXPERIMENT_KEY]), serves=False)
+    announce_client_device(experiment)
     jobs = {job.job_id: job for job in experiment.jobs}
     job = jobs[as_int(config["job-id"])]
     user_id = experiment.federation.user_ids[partition_id(context)]
     if as_int(config["user-id"]) != user_id or user_id not in job.client_ids:
         raise ValueError(f"message for user {config['user-id']!r} reached the node of user {user_id}")
     return experiment, job, user_id, config
+
+
+def ray_gpu_ids() -> list[str] | None:
+    """The GPU IDs Ray gave this process's actor, or None outside a Ray worker."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def hide_gpus_ray_did_not_give() -> list[str] | None:
+    """Under Ray, a client that was given no GPU sees none, on a private Ray and an attached cluster
+    alike: Ray leaves ``CUDA_VISIBLE_DEVICES`` alone for such actors when the cluster was started with
+    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0`` (as the private Ray is, to silence Ray's warning; it
+    will be Ray's default), and then ``client.device=auto`` would take a GPU Ray gave another client.
+    Returns the GPU IDs Ray gave (None outside Ray). Call before torch first touches CUDA."""
+    gpu_ids = ray_gpu_ids()
+    if gpu_ids == []:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return gpu_ids
+
+
+def announce_client_device(experiment: Experiment) -> None:
+    """Resolve ``client.device`` in this worker (once per experiment) and say so in the worker's log."""
+    if "client_device" in vars(experiment):  # resolved (a cached property)
+        return
+    gpu_ids = hide_gpus_ray_did_not_give()
+    device = experiment.client_device  # a ClientDeviceError here names client.device
+    print(
+        f"fedshield client: device {device} (client.device={experiment.client_device_name}; Ray GPU ids {gpu_ids})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def partition_id(context: Context) -> int:
@@ -67,9 +109,17 @@ def query(message: Message, context: Context) -> Message:
     return Message(RecordDict({"node": ConfigRecord({"partition-id": partition})}), reply_to=message)
 
 
+def user_error_reply(error: ClientDeviceError, message: Message) -> Message:
+    """The reply that ends the run with ``error``'s one line (a crash would only drop this reply)."""
+    return Message(RecordDict({USER_ERROR_KEY: ConfigRecord({"message": str(error)})}), reply_to=message)
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    experiment, job, user_id, config = _experiment_and_job(message, context)
+    try:
+        experiment, job, user_id, config = _experiment_and_job(message, context)
+    except ClientDeviceError as error:
+        return user_error_reply(error, message)
     state_key = f"client-state-{job.job_id}"
     request = TrainRequest(
         job=job,
@@ -87,7 +137,10 @@ def train(message: Message, context: Context) -> Message:
 
 @app.train("craft")
 def craft(message: Message, context: Context) -> Message:
-    experiment, job, user_id, config = _experiment_and_job(message, context)
+    try:
+        experiment, job, user_id, config = _experiment_and_job(message, context)
+    except ClientDeviceError as error:
+        return user_error_reply(error, message)
     arrays = array_record(message.content, "arrays")
     request = CraftRequest(
         job=job,

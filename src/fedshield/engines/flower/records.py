@@ -10,6 +10,7 @@ from fedshield.task.defense import ClientState
 from fedshield.task.messages import ClientReply
 
 EXPERIMENT_KEY = "experiment"  # the resolved YAML of the run, carried by every work message
+USER_ERROR_KEY = "user-error"  # a client's reply instead of work: the user's mistake, to end the run with
 
 
 def tensor_record(**tensors: torch.Tensor) -> ArrayRecord:

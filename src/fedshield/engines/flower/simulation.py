@@ -10,14 +10,17 @@ import threading
 import time
 from collections.abc import Iterable
 
+import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
+from omegaconf import OmegaConf
 
 from fedshield.engines.base import OnJobDone, OnRound
 from fedshield.engines.flower.grid import GridEngine, check_groups_per_wave
 from fedshield.errors import UserError
 from fedshield.experiment import Experiment
+from fedshield.task.devices import AUTO
 from fedshield.task.jobs import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,29 @@ class RayAddressError(UserError, SimulationBackendError):
 
 class RayResourcesError(UserError, SimulationBackendError):
     """No Ray node can host a single client with ``engine.client_resources``."""
+
+
+def check_gpu_share(gpu_share: dict) -> dict[str, float]:
+    for model, share in gpu_share.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not share > 0:
+            raise ValueError(f"engine.gpu_share.{model}: a client's share of a GPU, a number > 0; got {share!r}")
+    if "default" not in gpu_share:
+        raise ValueError(f"engine.gpu_share: needs a default entry (models without their own); got {gpu_share}")
+    return {str(model): float(share) for model, share in gpu_share.items()}
+
+
+def clients_use_cuda(experiment: Experiment) -> bool:
+    """Whether ``client.device`` asks for CUDA as such (cuda, cuda:N, or null with device cuda);
+    auto takes a GPU only where Ray gives one, so it asks for none by itself."""
+    name = experiment.client_device_name
+    if name == AUTO:
+        return False
+    return (experiment.device if name is None else torch.device(name)).type == "cuda"
+
+
+def model_name(experiment: Experiment) -> str:
+    """The class name of the run's model (``model._target_``'s last part: MnistCNN, ResNet20, ...)."""
+    return str(OmegaConf.create(experiment.config_yaml).model._target_).rsplit(".", 1)[-1]
 
 
 class _BackendStopped(Exception):
@@ -158,9 +184,11 @@ class FlowerEngine:
         address: str | None = None,
         discovery_timeout: float = 300.0,
         groups_per_wave: int = 50,
+        gpu_share: dict | None = None,
         verbose: bool = False,
     ) -> None:
         self.client_resources = dict(client_resources or {"num_cpus": 1, "num_gpus": 0.0})
+        self.gpu_share = check_gpu_share(dict(gpu_share or {"default": 0.25}))
         self.ray_init_args = dict(ray_init_args or {"num_cpus": 2, "include_dashboard": False})
         if "address" in self.ray_init_args:
             raise ValueError(
@@ -185,6 +213,7 @@ class FlowerEngine:
         from fedshield.engines.flower.client_app import app as client_app
 
         probe_address(self.address)
+        client_resources = self.client_resources_for(experiment)
         errors: list[BaseException] = []
         backend_down = threading.Event()
         server_started = threading.Event()
@@ -221,7 +250,7 @@ class FlowerEngine:
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=experiment.federation.num_clients,
-                backend_config={"client_resources": self.client_resources, "init_args": self._init_args()},
+                backend_config={"client_resources": client_resources, "init_args": self._init_args()},
                 verbose_logging=self.verbose,
             )
         except Exception as error:
@@ -232,9 +261,18 @@ class FlowerEngine:
             backend_down.set()
             if server_started.is_set():  # else it will find backend_down set when it starts
                 server_done.wait(timeout=30.0)
-            raise self._backend_error(error) from error
+            raise self._backend_error(error, client_resources) from error
         if errors:
             raise errors[0]
+
+    def client_resources_for(self, experiment: Experiment) -> dict:
+        """``client_resources``, where ``num_gpus: null`` (the default) is the model's ``gpu_share``
+        when the clients use CUDA, else 0 (a client without a GPU also sees none)."""
+        resources = dict(self.client_resources)
+        if resources.get("num_gpus") is None:
+            share = self.gpu_share.get(model_name(experiment), self.gpu_share["default"])
+            resources["num_gpus"] = share if clients_use_cuda(experiment) else 0.0
+        return resources
 
     def _init_args(self) -> dict:
         """ray.init arguments: ``address="local"`` starts a private Ray sized by ray_init_args (never
@@ -245,7 +283,7 @@ class FlowerEngine:
         kept = {key: value for key, value in self.ray_init_args.items() if key not in _NEW_CLUSTER_ONLY_ARGS}
         return {**kept, "address": self.address}
 
-    def _backend_error(self, error: BaseException) -> SimulationBackendError:
+    def _backend_error(self, error: BaseException, client_resources: dict | None = None) -> SimulationBackendError:
         reason = error
         while reason.__cause__ is not None:  # Flower wraps the backend's error twice
             reason = reason.__cause__
@@ -253,7 +291,8 @@ class FlowerEngine:
         if "ActorPool is empty" in str(reason):
             return RayResourcesError(
                 f"engine.client_resources: no Ray node can host one client with these resources "
-                f"(lower num_cpus/num_gpus, or use nodes that have them; Ray: {said}); got {self.client_resources}"
+                f"(lower num_cpus/num_gpus, or use nodes that have them; Ray: {said}); got "
+                f"{self.client_resources if client_resources is None else client_resources}"
             )
         if isinstance(reason, ConnectionError) and self.address is not None:
             return RayAddressError(f"engine.address: cannot attach to a Ray cluster ({said}); got {self.address}")

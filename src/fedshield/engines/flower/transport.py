@@ -10,6 +10,7 @@ from flwr.serverapp import Grid
 
 from fedshield.engines.flower.records import (
     EXPERIMENT_KEY,
+    USER_ERROR_KEY,
     array_record,
     as_float,
     as_int,
@@ -18,6 +19,7 @@ from fedshield.engines.flower.records import (
     scalars,
     tensor_record,
 )
+from fedshield.errors import UserError
 from fedshield.server.protocol import Replies
 from fedshield.task.messages import ClientReply, CraftRequest, TrainRequest
 
@@ -26,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 class NodeDiscoveryError(RuntimeError):
     pass
+
+
+class ClientUserError(UserError):
+    """A client found a mistake in the config that only its worker can see (``client.device=cuda``
+    on a worker without CUDA): every client would fail alike, so the run stops with its message."""
 
 
 def discover_nodes(grid: Grid, user_ids: tuple[int, ...], *, timeout: float = 300.0) -> dict[int, int]:
@@ -88,6 +95,8 @@ class FlowerTransport:
                 node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
                 logger.warning("no reply from node %s: %s", node, reply.error.reason)
                 continue
+            if USER_ERROR_KEY in reply.content:
+                raise ClientUserError(str(scalars(reply.content, USER_ERROR_KEY)["message"]))
             who = scalars(reply.content, "who")
             metrics = scalars(reply.content, "metrics")
             replies[(as_int(who["job-id"]), as_int(who["user-id"]))] = ClientReply(
