@@ -36,9 +36,9 @@ from fedshield.task.determinism import derive_seed, torch_generator
 from fedshield.task.messages import ClientReply, TrainRequest
 from fedshield.task.training import LocalTrainingConfig, batch_indices
 
-# Stacked weights per chunk: ~4 MiB of parameters stays in this machine's L2/L3 with the
+# Stacked weights per chunk: ~2 MiB of parameters stays in this machine's L2/L3 with the
 # gradients and activations; bench/bench_batched.py --sweep measures the chunk sizes around it.
-CHUNK_PARAM_BYTES = 4 * 2**20
+CHUNK_PARAM_BYTES = 2 * 2**20
 MAX_CHUNK = 256
 
 
@@ -118,10 +118,11 @@ def _train_chunk(experiment: Experiment, requests: list[TrainRequest], stack: Li
     batches = [_client_batches(experiment, request, config) for request in requests]
     xs = torch.stack([bx for bx, _ in batches], dim=1)  # (steps, C, B, D)
     ys = torch.stack([by for _, by in batches], dim=1)  # (steps, C, B)
-    global_params = torch.stack([request.global_params for request in requests]).to(
-        device=experiment.device, dtype=experiment.dtype
-    )
-    weights, biases = _unflatten(global_params, stack)
+    global_params = torch.stack([request.global_params for request in requests])
+    # One (C, P) block in the flat-vector layout; the layers' weights are views of it, so the
+    # trained block is the clients' parameter vectors with no copy back.
+    flat = global_params.to(device=experiment.device, dtype=experiment.dtype, copy=True)
+    weights, biases = _layer_views(flat, stack)
     params = [t for pair in zip(weights, biases, strict=True) for t in pair if t is not None]
     buffers: list[torch.Tensor | None] = [None] * len(params)
     losses = [0.0] * len(requests)
@@ -131,23 +132,22 @@ def _train_chunk(experiment: Experiment, requests: list[TrainRequest], stack: Li
             losses[client] += value
         for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
             _sgd_step(param, grad, buffers, i, config)
-    final = torch.cat([t.reshape(len(requests), -1) for t in params], dim=1)
-    updates = final.cpu() - torch.stack([request.global_params for request in requests])
+    updates = flat.to(global_params.device) - global_params  # rows are the replies' updates
     return [
-        ClientReply(updates[i].clone(), experiment.num_examples(r.user_id), losses[i] / config.local_steps)
+        ClientReply(updates[i], experiment.num_examples(r.user_id), losses[i] / config.local_steps)
         for i, r in enumerate(requests)
     ]
 
 
-def _unflatten(flat: torch.Tensor, stack: LinearStack) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """``(C, P)`` flat parameters -> per-layer ``(C, out, in)`` weights and ``(C, out)`` biases (copies)."""
+def _layer_views(flat: torch.Tensor, stack: LinearStack) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """``(C, P)`` flat parameters -> per-layer ``(C, out, in)`` weights and ``(C, out)`` biases (views)."""
     weights: list[torch.Tensor] = []
     biases: list[torch.Tensor | None] = []
     offset = 0
     for out, inp, has_bias in stack.layers:
-        weights.append(flat[:, offset : offset + out * inp].reshape(-1, out, inp).clone())
+        weights.append(flat[:, offset : offset + out * inp].view(-1, out, inp))
         offset += out * inp
-        biases.append(flat[:, offset : offset + out].clone() if has_bias else None)
+        biases.append(flat[:, offset : offset + out] if has_bias else None)
         offset += out if has_bias else 0
     if offset != flat.shape[1]:
         raise ValueError(f"parameter vector must have {offset} entries; got {flat.shape[1]}")
