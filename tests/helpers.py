@@ -33,6 +33,10 @@ TINY = [
 ]
 
 
+# engine=local client by client: bit for bit the Flower engine (the batched default is not).
+LOCAL_PER_CLIENT = ["engine=local", "engine.batch_clients=false"]
+
+
 def tiny_config(tmp_path, *overrides: str, name: str = "run"):
     return compose_config([*TINY, *overrides], output_dir=tmp_path / name)
 

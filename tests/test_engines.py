@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from fedshield.config import build_experiment
 from fedshield.models.params import get_flat_params
 from fedshield.run import run
-from helpers import PROCESS_LOG_ENV, job_params, model_builders, tiny_config
+from helpers import LOCAL_PER_CLIENT, PROCESS_LOG_ENV, job_params, model_builders, tiny_config
 
 # Every test here trains federated jobs.
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def test_flower_job_is_bit_identical_across_runs_and_equals_local_engine(tmp_pat
     runs = {
         "flower_a": tiny_config(tmp_path, "engine=flower", name="flower_a"),
         "flower_b": tiny_config(tmp_path, "engine=flower", name="flower_b"),
-        "local": tiny_config(tmp_path, "engine=local", "engine.workers=1", name="local"),
+        "local": tiny_config(tmp_path, *LOCAL_PER_CLIENT, "engine.workers=1", name="local"),
     }
     for cfg in runs.values():
         run(cfg)

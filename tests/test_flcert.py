@@ -12,7 +12,7 @@ import torch
 
 from fedshield.commands import recertify
 from fedshield.run import run
-from helpers import job_params, tiny_config
+from helpers import LOCAL_PER_CLIENT, job_params, tiny_config
 
 # Every test here trains FLCert groups (run() or the CLI).
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_ensemble_groups_equal_lone_runs_and_local_engine(tmp_path):
     """Group g from the one-run Flower ensemble == a lone Flower run of group g == engine=local."""
     run(tiny_config(tmp_path, *ENSEMBLE, "engine=flower", name="ensemble"))
     run(tiny_config(tmp_path, *ENSEMBLE, "engine=flower", "only_jobs=[1]", name="lone"))
-    run(tiny_config(tmp_path, *ENSEMBLE, "engine=local", name="local"))
+    run(tiny_config(tmp_path, *ENSEMBLE, *LOCAL_PER_CLIENT, name="local"))
     assert torch.equal(job_params(tmp_path / "ensemble", 1), job_params(tmp_path / "lone", 1))
     worst = 0.0
     for job_id in range(3):

@@ -28,7 +28,7 @@ from fedshield.engines.local import InProcessTransport
 from fedshield.run import run
 from fedshield.server.protocol import run_jobs
 from fedshield.task.determinism import configure_torch
-from helpers import job_params
+from helpers import LOCAL_PER_CLIENT, job_params
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -288,7 +288,7 @@ def test_flwr_run_over_processes_equals_the_local_engine_bit_for_bit(federation,
 
     # Execute
     federation.wait(federation.submit(TINY, output_dir))
-    run(compose_config([*TINY, "engine=local", "engine.workers=1"], output_dir=tmp_path / "local"))
+    run(compose_config([*TINY, *LOCAL_PER_CLIENT, "engine.workers=1"], output_dir=tmp_path / "local"))
 
     # Assert
     _summary_accuracy(output_dir)

@@ -21,7 +21,7 @@ from fedshield.engines.flower.grid import GridEngine
 from fedshield.engines.flower.simulation import FlowerEngine, RayResourcesError
 from fedshield.engines.flower.transport import NodeDiscoveryError
 from fedshield.run import run
-from helpers import TINY, tiny_config
+from helpers import LOCAL_PER_CLIENT, TINY, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
@@ -156,7 +156,7 @@ def test_an_empty_actor_pool_is_reported_as_the_client_resources():
 def test_attaching_to_a_running_cluster_gives_the_local_engines_votes(tmp_path, ray_head, monkeypatch):
     address, logs = ray_head
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    run(tiny_config(tmp_path, *FLCERT, "engine=local", "engine.workers=1", name="local"))
+    run(tiny_config(tmp_path, *FLCERT, *LOCAL_PER_CLIENT, "engine.workers=1", name="local"))
     run(tiny_config(tmp_path, *FLCERT, "engine=flower", f"engine.address={address}", name="attached"))
     attached_actors = _client_actors_started(logs)
     assert attached_actors > 0, "the clients ran on the test's cluster"

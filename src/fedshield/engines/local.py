@@ -5,13 +5,23 @@ It is a second *driver*, not a second implementation: every round goes through
 :mod:`fedshield.client.work` in-process. Each worker runs whole jobs, one torch thread each
 (measured here: two such workers are about twice as fast as one process with two threads),
 and the parent checkpoints every job as soon as it finishes.
+
+``engine.batch_clients`` (``auto``, ``true``, ``false``): for a model made of Linear layers and
+ReLUs (logistic regression, the MLP), the honest clients of a round train together over
+stacked weights (:mod:`fedshield.client.batched`), and the jobs of a wave advance in lockstep so
+that a round has many clients to batch. A job-round with an active sampled attacker, FLIP
+hardening, or an unsupported model (the CNN) goes through the per-client path, exactly as with
+``false``. The batched path equals the per-client one up to float reassociation, not bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from fedshield.client.batched import LinearStack, chunk_size_for, linear_stack, train_clients_batched
 from fedshield.client.work import craft_step, train_step
 from fedshield.config.build import experiment_from_yaml
 from fedshield.engines.base import FinishedJob, OnJobDone, OnRound
@@ -21,6 +31,12 @@ from fedshield.task.defense import ClientState
 from fedshield.task.determinism import configure_torch
 from fedshield.task.jobs import JobSpec
 from fedshield.task.messages import CraftRequest, ReplyKey, TrainRequest
+
+logger = logging.getLogger(__name__)
+
+# Jobs that advance in lockstep in one worker when clients are batched: enough clients per
+# round to fill the chunks; a killed run loses at most the waves in flight.
+GROUPS_PER_WAVE = 50
 
 
 class InProcessTransport:
@@ -42,9 +58,69 @@ class InProcessTransport:
         return {request.key: craft_step(self.experiment, request) for request in requests}
 
 
+class BatchedTransport(InProcessTransport):
+    """Trains a round's plain-SGD job-rounds together (:func:`train_clients_batched`); a job whose
+    sample holds an active attacker this round goes client by client, as :class:`InProcessTransport`."""
+
+    def __init__(self, experiment: Experiment, stack: LinearStack, chunk_size: int) -> None:
+        super().__init__(experiment)
+        self.stack = stack
+        self.chunk_size = chunk_size
+
+    def train(self, requests: list[TrainRequest]) -> Replies:
+        attacked_jobs = {request.job.job_id for request in requests if self._attacking(request)}
+        batched = [request for request in requests if request.job.job_id not in attacked_jobs]
+        replies = super().train([request for request in requests if request.job.job_id in attacked_jobs])
+        for request, reply in zip(
+            batched,
+            train_clients_batched(self.experiment, batched, self.stack, chunk_size=self.chunk_size),
+            strict=True,
+        ):
+            replies[request.key] = reply
+        return replies
+
+    def _attacking(self, request: TrainRequest) -> bool:
+        return self.experiment.is_malicious(request.user_id) and self.experiment.attack.is_active(request.server_round)
+
+
+def client_training(experiment: Experiment, batch_clients: bool | str) -> dict:
+    """Which client path a run takes (recorded in summary.json): ``path`` ("batched" or
+    "per-client"), ``chunk_size`` and ``reason``."""
+    if batch_clients is False:
+        return {"path": "per-client", "chunk_size": None, "reason": "engine.batch_clients=false"}
+    model = experiment.new_model()
+    stack = linear_stack(model)
+    if stack is None:
+        reason = f"model {type(model).__name__} is not a stack of Linear layers and ReLUs"
+        return {"path": "per-client", "chunk_size": None, "reason": reason}
+    if experiment.hardening is not None:
+        return {"path": "per-client", "chunk_size": None, "reason": "a defense hardens the clients' training"}
+    reason = "plain SGD over stacked per-client weights"
+    if experiment.malicious_ids:
+        reason += "; per-client in job-rounds with an active sampled attacker"
+    return {"path": "batched", "chunk_size": chunk_size_for(stack, experiment.dtype), "reason": reason}
+
+
+def new_transport(experiment: Experiment, batch_clients: bool | str) -> InProcessTransport:
+    choice = client_training(experiment, batch_clients)
+    if choice["path"] != "batched":
+        return InProcessTransport(experiment)
+    stack = linear_stack(experiment.new_model())
+    assert stack is not None  # client_training chose "batched"
+    return BatchedTransport(experiment, stack, choice["chunk_size"])
+
+
 def train_one_job(experiment: Experiment, job: JobSpec, on_round: OnRound | None = None) -> FinishedJob:
     (state,) = run_jobs(experiment, [job], InProcessTransport(experiment), on_round=on_round)
     return FinishedJob(job.job_id, state.params, state.history, state.predictions)
+
+
+def train_wave(
+    experiment: Experiment, jobs: list[JobSpec], batch_clients: bool | str, on_round: OnRound | None = None
+) -> list[FinishedJob]:
+    """``jobs`` in lockstep, round by round, over the transport ``batch_clients`` selects."""
+    states = run_jobs(experiment, jobs, new_transport(experiment, batch_clients), on_round=on_round)
+    return [FinishedJob(s.job.job_id, s.params, s.history, s.predictions) for s in states]
 
 
 def _worker_init() -> None:
@@ -55,13 +131,29 @@ def _worker_train(config_yaml: str, job: JobSpec) -> FinishedJob:
     return train_one_job(experiment_from_yaml(config_yaml), job)
 
 
+def _worker_train_wave(config_yaml: str, jobs: list[JobSpec], batch_clients: bool | str) -> list[FinishedJob]:
+    return train_wave(experiment_from_yaml(config_yaml), jobs, batch_clients)
+
+
+def check_batch_clients(value: object) -> bool | str:
+    """``auto``, ``true`` or ``false`` (Hydra passes the latter two as booleans)."""
+    if isinstance(value, bool):
+        return value
+    choices: dict[str, bool | str] = {"auto": "auto", "true": True, "false": False}
+    if isinstance(value, str) and value.lower() in choices:
+        return choices[value.lower()]
+    raise ValueError(f"engine.batch_clients: must be auto, true or false; got {value!r}")
+
+
 class LocalEngine:
     name = "local"
 
-    def __init__(self, *, workers: int = 2) -> None:
+    def __init__(self, *, workers: int = 2, batch_clients: bool | str = "auto") -> None:
         if workers < 1:
             raise ValueError(f"engine.workers must be >= 1; got {workers}")
         self.workers = workers
+        self.batch_clients = check_batch_clients(batch_clients)
+        self.client_training: dict | None = None  # set by train(): which client path ran
 
     def train(
         self,
@@ -72,6 +164,11 @@ class LocalEngine:
         on_progress: OnRound | None = None,
     ) -> None:
         """Train ``jobs``; call ``on_job_done`` (in this process) as each one finishes."""
+        self.client_training = client_training(experiment, self.batch_clients)
+        logger.info("engine=local: %s clients (%s)", self.client_training["path"], self.client_training["reason"])
+        if self.client_training["path"] == "batched":
+            self._train_waves(experiment, jobs, on_job_done=on_job_done, on_progress=on_progress)
+            return
         if self.workers == 1 or len(jobs) == 1:
             for job in jobs:  # in this process: report each round
                 on_job_done(train_one_job(experiment, job, on_progress))
@@ -81,3 +178,22 @@ class LocalEngine:
             futures = [pool.submit(_worker_train, experiment.config_yaml, job) for job in jobs]
             for future in as_completed(futures):
                 on_job_done(future.result())
+
+    def _train_waves(
+        self, experiment: Experiment, jobs: list[JobSpec], *, on_job_done: OnJobDone, on_progress: OnRound | None
+    ) -> None:
+        size = min(GROUPS_PER_WAVE, math.ceil(len(jobs) / self.workers))
+        waves = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+        if self.workers == 1 or len(waves) == 1:
+            for wave in waves:
+                for finished in train_wave(experiment, wave, self.batch_clients, on_progress):
+                    on_job_done(finished)
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = [
+                pool.submit(_worker_train_wave, experiment.config_yaml, wave, self.batch_clients) for wave in waves
+            ]
+            for future in as_completed(futures):
+                for finished in future.result():
+                    on_job_done(finished)
