@@ -23,7 +23,7 @@ from fedshield.models.params import get_flat_params
 from fedshield.run import run
 from fedshield.task.devices import ClientDeviceError, resolve_client_device
 from fedshield.task.messages import TrainRequest
-from helpers import tiny_config
+from helpers import LOCAL_PER_CLIENT, tiny_config
 from test_ray_cluster import FLCERT, RAY, _free_port, _processes_of, _stop, _without_ray_address
 
 CPU = torch.device("cpu")
@@ -156,7 +156,7 @@ def _client_devices(logs: Path) -> list[str]:
 def test_two_clients_share_a_counted_gpu_and_give_the_local_engines_votes(tmp_path, ray_head_with_one_gpu, monkeypatch):
     address, logs = ray_head_with_one_gpu
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    run(tiny_config(tmp_path, *FLCERT, "engine=local", "engine.workers=1", name="local"))
+    run(tiny_config(tmp_path, *FLCERT, *LOCAL_PER_CLIENT, "engine.workers=1", name="local"))
     on_gpu_shares = [f"engine.address={address}", "engine.client_resources.num_gpus=0.5", "client.device=auto"]
     run(tiny_config(tmp_path, *FLCERT, "engine=flower", *on_gpu_shares, name="shared"))
     # Two actors fit (2 CPUs, 1 GPU at 0.5 each); Ray gave each GPU 0, which has no CUDA here: auto is the CPU.
