@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,32 @@ def test_flip_round_batches_its_plan_as_one_by_one_in_plan_order(client, batched
         if not batched:
             assert torch.equal(trigger.mask, reference.mask) and torch.equal(trigger.pattern, reference.pattern)
     assert torch.equal(generator.get_state(), replay_generator.get_state())
+
+
+def test_a_round_reports_every_trigger_it_hardened_with_not_only_the_last(client):
+    """A trigger found on the received (backdoored) model and gone from the local model after
+    the round's training still counts: it was stamped. Here the local model is made constant
+    (all weights zero: every input goes to label 0, the argmax of equal logits), so the
+    re-inversion during training finds no trigger to any other label; the round must still
+    report the target-2 trigger it started with."""
+    # Prepare
+    model, x, y = client
+    local = copy.deepcopy(model)
+    config = FlipConfig(num_classes=10, inversion_steps=60, warm_inversion_steps=15, reinvert_every=1)
+    round_ = FlipHardening(config).start(local, x, y, server_round=1, state={}, generator=torch_generator(5))
+    started_with = [t.target_label for t in round_.triggers if is_plausible(t, max_mask_fraction=0.125)]
+    assert TARGET in started_with  # the backdoor's trigger was found on the received model
+
+    # Execute: the local model forgets everything, then two batches re-invert on it
+    with torch.no_grad():
+        for parameter in local.parameters():
+            parameter.zero_()
+    for _ in range(2):
+        round_.transform(x[:16], y[:16], torch_generator(6))
+
+    # Assert
+    diagnostics = round_.diagnostics()
+    at_end = [t.target_label for t in round_.triggers if is_plausible(t, max_mask_fraction=0.125)]
+    assert TARGET not in at_end and diagnostics["flip_triggers_at_end"] == len(at_end)
+    assert diagnostics["flip_triggers"] >= len(started_with) > diagnostics["flip_triggers_at_end"]
+    assert TARGET in [label for label, _ in round_.found_masks()]

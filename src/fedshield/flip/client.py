@@ -139,6 +139,9 @@ class FlipRound(DefenseRound):
         self.inversions = 0
         self.triggers: list[InvertedTrigger] = []
         self._plausible: list[InvertedTrigger] = []
+        # Every plausible trigger the round stamped with, in adoption order: the latest set
+        # alone would hide a trigger found on the received model and gone after hardening.
+        self._hardened_with: list[InvertedTrigger] = []
         self._stamp: BatchTransform | None = None
         if not self.active:
             return
@@ -241,6 +244,7 @@ class FlipRound(DefenseRound):
         derived once here, not at every batch."""
         self.triggers = triggers
         self._plausible = [t for t in triggers if is_plausible(t, max_mask_fraction=self.config.max_mask_fraction)]
+        self._hardened_with.extend(t for t in self._plausible if not any(t is seen for seen in self._hardened_with))
         self._stamp = (
             hardening_transform(self._plausible, stamped_share=self.config.stamped_share) if self._plausible else None
         )
@@ -274,15 +278,17 @@ class FlipRound(DefenseRound):
     def diagnostics(self) -> dict[str, float]:
         if not self.active:
             return {}
-        plausible = self._plausible
+        used, final = self._hardened_with, self._plausible
         return {
             "flip_inversions": float(self.inversions),
-            "flip_triggers": float(len(plausible)),
-            "flip_mask_l1": float(np.mean([t.mask_l1 for t in plausible])) if plausible else float("nan"),
+            "flip_triggers": float(len(used)),  # plausible triggers adopted at any point of the round
+            "flip_triggers_at_end": float(len(final)),  # those still plausible on the final local model
+            "flip_mask_l1": float(np.mean([t.mask_l1 for t in used])) if used else float("nan"),
         }
 
     def found_masks(self) -> list[tuple[int, torch.Tensor]]:
-        return [(t.target_label, t.mask[0]) for t in self._plausible]
+        """The masks of every plausible trigger the round hardened with."""
+        return [(t.target_label, t.mask[0]) for t in self._hardened_with]
 
 
 class FlipHardening(ClientDefense):
