@@ -232,3 +232,29 @@ def test_a_round_reports_every_trigger_it_hardened_with_not_only_the_last(client
     assert TARGET not in at_end and diagnostics["flip_triggers_at_end"] == len(at_end)
     assert diagnostics["flip_triggers"] >= len(started_with) > diagnostics["flip_triggers_at_end"]
     assert TARGET in [label for label, _ in round_.found_masks()]
+
+
+@pytest.mark.parametrize("remember", [0, 2])
+def test_a_remembered_trigger_keeps_hardening_after_the_backdoor_is_gone(client, remember):
+    """``remember_participations``: a client that found the backdoor's trigger keeps stamping it
+    in its next participations even when the model it receives no longer carries the backdoor
+    (here: all weights zero), until the memory runs out; without memory it stops at once."""
+    model, x, y = client
+    config = FlipConfig(
+        num_classes=10, inversion_steps=60, warm_inversion_steps=15, rewarmup_every=1, remember_participations=remember
+    )
+    hardening = FlipHardening(config)
+    first = hardening.start(copy.deepcopy(model), x, y, server_round=1, state={}, generator=torch_generator(5))
+    assert TARGET in [label for label, _ in first.found_masks()]
+    clean = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in clean.parameters():
+            parameter.zero_()
+
+    state, targets_by_participation = first.new_state(), []
+    for participation in range(3):
+        round_ = hardening.start(clean, x, y, server_round=2 + participation, state=state, generator=torch_generator(6))
+        targets_by_participation.append(TARGET in [label for label, _ in round_.found_masks()])
+        state = round_.new_state()
+
+    assert targets_by_participation == [participation < remember for participation in range(3)]

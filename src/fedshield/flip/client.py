@@ -56,6 +56,7 @@ from fedshield.task.training import BatchTransform
 PARTICIPATIONS_KEY = "flip.participations"
 _MASK_PREFIX = "flip.mask."
 _PATTERN_PREFIX = "flip.pattern."
+_MEMORY_PREFIX = "flip.memory."  # + "<key>.mask" / ".pattern" / ".labels" (target, sources...) / ".age"
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,28 @@ def stored_triggers(state: ClientState) -> dict[str, tuple[torch.Tensor, torch.T
     return stored
 
 
+def remembered_triggers(state: ClientState) -> dict[str, tuple[InvertedTrigger, int]]:
+    """The client's remembered plausible triggers per direction key, with their age in
+    participations since an inversion last found them."""
+    remembered = {}
+    for name in state:
+        if name.startswith(_MEMORY_PREFIX) and name.endswith(".age"):
+            key = name.removeprefix(_MEMORY_PREFIX).removesuffix(".age")
+            labels = [int(label) for label in np.asarray(state[f"{_MEMORY_PREFIX}{key}.labels"]).tolist()]
+            mask = torch.from_numpy(np.array(state[f"{_MEMORY_PREFIX}{key}.mask"], copy=True))
+            trigger = InvertedTrigger(
+                mask=mask,
+                pattern=torch.from_numpy(np.array(state[f"{_MEMORY_PREFIX}{key}.pattern"], copy=True)),
+                mask_l1=float(mask.abs().sum()),
+                attack_success=float("nan"),  # measured on an earlier model
+                target_label=labels[0],
+                source_labels=tuple(labels[1:]),
+                converged=True,
+            )
+            remembered[key] = (trigger, int(np.sum(state[name])))
+    return remembered
+
+
 class FlipRound(DefenseRound):
     """One benign client's FLIP round: the plan, the latest triggers, the updated caches."""
 
@@ -148,6 +171,8 @@ class FlipRound(DefenseRound):
         self.participations = int(np.sum(state.get(PARTICIPATIONS_KEY, 0)))
         self.cache = ClassDistanceCache.from_state(state, config.num_classes)
         self.stored = stored_triggers(state)
+        self.memory = remembered_triggers(state)
+        self._found: dict[str, InvertedTrigger] = {}  # plausible triggers found this round, by key
         self.plan = self._plan(generator)
         self._use(self._invert_plan(generator, rerun=False))
         self.batches_seen = 0
@@ -198,6 +223,7 @@ class FlipRound(DefenseRound):
         # found before the backdoor existed would trap the next inversion next to it.
         if is_plausible(trigger, max_mask_fraction=self.config.max_mask_fraction):
             self.stored[direction.key] = (trigger.mask, trigger.pattern)
+            self._found[direction.key] = trigger
         else:
             self.stored.pop(direction.key, None)
 
@@ -244,10 +270,14 @@ class FlipRound(DefenseRound):
         derived once here, not at every batch."""
         self.triggers = triggers
         self._plausible = [t for t in triggers if is_plausible(t, max_mask_fraction=self.config.max_mask_fraction)]
-        self._hardened_with.extend(t for t in self._plausible if not any(t is seen for seen in self._hardened_with))
-        self._stamp = (
-            hardening_transform(self._plausible, stamped_share=self.config.stamped_share) if self._plausible else None
-        )
+        stamped = self._plausible + self._remembered()
+        self._hardened_with.extend(t for t in stamped if not any(t is seen for seen in self._hardened_with))
+        self._stamp = hardening_transform(stamped, stamped_share=self.config.stamped_share) if stamped else None
+
+    def _remembered(self) -> list[InvertedTrigger]:
+        """Remembered triggers still young enough whose direction this round has not re-found."""
+        keep = self.config.remember_participations
+        return [trigger for key, (trigger, age) in sorted(self.memory.items()) if age < keep and key not in self._found]
 
     def _harden(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
@@ -273,7 +303,24 @@ class FlipRound(DefenseRound):
             state[_MASK_PREFIX + key] = mask.numpy().astype(np.float32)
             state[_PATTERN_PREFIX + key] = pattern.numpy().astype(np.float32)
         state[PARTICIPATIONS_KEY] = np.array([self.participations + 1], dtype=np.int64)
+        if self.config.remember_participations > 0:
+            self._remember(state)
         return state
+
+    def _remember(self, state: ClientState) -> None:
+        """Triggers found this round start at age 0, the others age by one participation and
+        are forgotten after ``remember_participations``."""
+        aged = {key: (trigger, age + 1) for key, (trigger, age) in self.memory.items()}
+        aged.update({key: (trigger, 0) for key, trigger in self._found.items()})
+        for name in [name for name in state if name.startswith(_MEMORY_PREFIX)]:
+            del state[name]
+        for key, (trigger, age) in aged.items():
+            if age >= self.config.remember_participations:
+                continue
+            state[f"{_MEMORY_PREFIX}{key}.mask"] = trigger.mask.numpy().astype(np.float32)
+            state[f"{_MEMORY_PREFIX}{key}.pattern"] = trigger.pattern.numpy().astype(np.float32)
+            state[f"{_MEMORY_PREFIX}{key}.labels"] = np.array([trigger.target_label, *trigger.source_labels])
+            state[f"{_MEMORY_PREFIX}{key}.age"] = np.array([age], dtype=np.int64)
 
     def diagnostics(self) -> dict[str, float]:
         if not self.active:

@@ -69,6 +69,11 @@ class FlipConfig:
         Redo the universal warm-up every this many participations of a client, so that a
         backdoor injected after its first participation is measured (None: first
         ``warmup_rounds`` participations only).
+    remember_participations : int
+        Keep hardening against a plausible trigger for this many later participations of the
+        client after its inversion stops finding it (0: only the triggers found in the round).
+        Hardening removes the trigger from the local model, so without memory a client hardens
+        only when the model it receives is backdoored, one round behind the attackers.
     batched_inversion : bool
         Invert a round's directions together, one forward pass per Adam step
         (:func:`~fedshield.flip.inversion.invert_batch`, 1.3-3.8x faster; equal to the one-by-one
@@ -98,6 +103,7 @@ class FlipConfig:
     warm_inversion_steps: int = 50
     warm_start: bool = True
     rewarmup_every: int | None = None
+    remember_participations: int = 0
     batched_inversion: bool = True
 
     def __post_init__(self) -> None:
@@ -121,6 +127,7 @@ class FlipConfig:
             (self.reinvert_every >= 0, "reinvert_every", "must be >= 0"),
             (self.warm_inversion_steps >= 1, "warm_inversion_steps", "must be >= 1"),
             (self.rewarmup_every is None or self.rewarmup_every >= 1, "rewarmup_every", "must be >= 1 or null"),
+            (self.remember_participations >= 0, "remember_participations", "must be >= 0"),
         ]
         for ok, name, allowed in checks:
             if not ok:
