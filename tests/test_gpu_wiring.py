@@ -4,9 +4,6 @@ shares of one (this machine has none: Ray only counts the head's ``--num-gpus``)
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ from fedshield.run import run
 from fedshield.task.devices import ClientDeviceError, resolve_client_device
 from fedshield.task.messages import TrainRequest
 from helpers import LOCAL_PER_CLIENT, tiny_config
-from test_ray_cluster import FLCERT, RAY, _free_port, _processes_of, _stop, _without_ray_address
+from test_ray_cluster import FLCERT, own_ray_head
 
 CPU = torch.device("cpu")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -122,23 +119,10 @@ def test_a_gpu_share_that_is_not_a_positive_number_or_lacks_a_default_is_refused
 
 @pytest.fixture
 def ray_head_with_one_gpu():
-    """A one-machine Ray cluster of this test's own that counts one GPU (Ray does not check it) and
-    2 CPUs; yields (address, session logs folder). Stopped by PID, never `ray stop`."""
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="fsgpu", dir="/tmp")  # short: Ray's socket paths have a length limit
-    try:
-        subprocess.run(
-            [str(RAY), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=1"]
-            + ["--include-dashboard=false", "--disable-usage-stats"],
-            env=_without_ray_address(),
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-        yield f"127.0.0.1:{port}", Path(temp_dir) / "session_latest" / "logs"
-    finally:
-        _stop(_processes_of(temp_dir))
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    """A Ray cluster of this test's own that counts one GPU (Ray does not check it) and 2 CPUs;
+    yields (address, session logs folder). Stopped by PID, never `ray stop`."""
+    with own_ray_head("--num-gpus=1", prefix="fsgpu") as head:
+        yield head
 
 
 def _client_devices(logs: Path) -> list[str]:

@@ -3,6 +3,7 @@ that fails stops the run at once with the backend's reason (not after the node-d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,15 +78,16 @@ def _without_ray_address() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
 
 
-@pytest.fixture
-def ray_head():
-    """A one-machine Ray cluster of this test's own (2 CPUs); yields (address, session logs folder).
-    Stopped by PID: other Ray work on this machine must survive (so never `ray stop`)."""
+@contextlib.contextmanager
+def own_ray_head(*resources: str, prefix: str = "fsray") -> Iterator[tuple[str, Path]]:
+    """A one-machine Ray cluster (2 CPUs, plus ``resources`` flags of `ray start`) of the calling
+    test's own; yields (address, session logs folder). Stopped by PID: other Ray work on this
+    machine must survive (so never `ray stop`)."""
     port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="fsray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's socket paths have a length limit
     try:
         subprocess.run(
-            [str(RAY), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=2"]
+            [str(RAY), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=2", *resources]
             + ["--include-dashboard=false", "--disable-usage-stats"],
             env=_without_ray_address(),
             check=True,
@@ -95,6 +98,13 @@ def ray_head():
     finally:
         _stop(_processes_of(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray cluster of this test's own (:func:`own_ray_head`)."""
+    with own_ray_head() as head:
+        yield head
 
 
 def _client_actors_started(logs: Path) -> int:
