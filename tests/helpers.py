@@ -154,6 +154,7 @@ class MaliciousAbsentEngine:
     as it would be had their replies simply not arrived. Pass it as ``run(cfg, engine=...)``."""
 
     name = "local-malicious-absent"
+    client_training = None
 
     def train(self, experiment, jobs, *, on_job_done, on_progress=None) -> None:
         transport = AbsentRepliesTransport(experiment, user_ids=experiment.malicious_ids)

@@ -314,7 +314,7 @@ def run_summary(cfg: DictConfig, experiment: Experiment, engine: Engine, finishe
     last = finished[min(finished)].history[-1]
     return {
         "engine": engine.name,
-        **({"client_training": training} if (training := getattr(engine, "client_training", None)) else {}),
+        **({"client_training": engine.client_training} if engine.client_training else {}),
         "num_clients": experiment.federation.num_clients,
         "num_rounds": experiment.num_rounds,
         "num_malicious": len(experiment.malicious_ids),

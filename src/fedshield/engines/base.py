@@ -37,6 +37,9 @@ class Engine(Protocol):
     ``on_progress`` after each round with the round's number."""
 
     name: str
+    # Which client-training path the last train() took and why (summary.json), or None when the
+    # engine has only the per-client one.
+    client_training: dict | None
 
     def train(
         self,

@@ -23,6 +23,7 @@ class GridEngine:
     reported (and so checkpointed) when the wave ends."""
 
     name = "flower"
+    client_training: dict | None = None  # clients always train one by one
 
     def __init__(self, grid: Grid, *, groups_per_wave: int = 50, discovery_timeout: float = 300.0) -> None:
         self.grid = grid

@@ -175,6 +175,7 @@ class FlowerEngine:
     :class:`~fedshield.engines.flower.grid.GridEngine`."""
 
     name = "flower"
+    client_training: dict | None = None  # clients always train one by one
 
     def __init__(
         self,
