@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedshield.certify import TopVotes
 from fedshield.config import ConfigError
+from fedshield.config.run_folder import load_run_config
 from fedshield.data import make_user_ids
 from fedshield.ensembles import Ensemble
 from fedshield.report import main as report_main
@@ -30,24 +31,6 @@ from fedshield.run import keeps_sparse_votes, votes_from_predictions, write_cert
 from fedshield.task.jobs import make_jobs
 
 _ABSENT = object()
-
-
-def _load_config(run_dir: Path) -> DictConfig:
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise ConfigError(f"run_dir: {run_dir} is not a fedshield run folder: no such folder")
-    if not path.is_file():
-        raise ConfigError(f"run_dir: {run_dir} is not a fedshield run folder: config.yaml is missing")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as error:  # any YAML or OmegaConf failure: the file is not a run's config
-        raise ConfigError(f"config.yaml: cannot be read as a run config ({type(error).__name__})") from error
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError("config.yaml: must be a mapping of settings; got a list")
-    for key in ("ensemble", "num_clients", "seed"):
-        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise ConfigError(f"config.yaml: has no {key!r}; it is not a config a fedshield run wrote")
-    return cfg
 
 
 def _make_ensemble(cfg: DictConfig, source: str) -> Ensemble:
@@ -216,7 +199,7 @@ def recertify(run_dir: Path, overrides: list[str], *, output_dir: Path | None = 
     as it was. Raises :class:`~fedshield.config.ConfigError` naming the setting or file at fault.
     """
     run_dir = Path(run_dir)
-    cfg = _load_config(run_dir)
+    cfg = load_run_config(run_dir)
     run_ensemble = _make_ensemble(cfg, "config.yaml: ensemble")
     settings = _normalized_overrides(cfg, run_ensemble, overrides)
     for key, value in settings.items():

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedshield.config import ConfigError, compose_config
 from fedshield.config.digest import result_differences
+from fedshield.config.run_folder import load_run_config
 from fedshield.run import run
 
 _TRUE = {"true", "1", "yes"}
@@ -26,12 +27,8 @@ _FOLDER_KEYS = ("output_dir", "hydra.run.dir")
 def resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """``run_dir``'s saved config with ``overrides`` that change no result, set to resume."""
     run_dir = Path(run_dir).resolve()
+    saved = load_run_config(run_dir)
     saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(f"run_dir: {run_dir} is not a fedshield run folder (no config.yaml)")
-    saved = OmegaConf.load(saved_path)
-    if not isinstance(saved, DictConfig):
-        raise ConfigError(f"run_dir: {saved_path} is not a fedshield config (not a mapping)")
     for override in overrides:
         key, equals, _ = override.partition("=")
         if not equals:
