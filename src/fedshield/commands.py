@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedshield.certify import TopVotes
 from fedshield.config import ConfigError
+from fedshield.config.build import selected_jobs
 from fedshield.config.run_folder import load_run_config
 from fedshield.data import make_user_ids
 from fedshield.ensembles import Ensemble
@@ -106,11 +107,7 @@ def _expected_voters(cfg: DictConfig, ensemble: Ensemble) -> int:
         groups = ensemble.groups(make_user_ids(int(cfg.num_clients), seed=seed), seed=seed)
     except ValueError as error:
         raise ConfigError(f"config.yaml: {error}") from error
-    jobs = make_jobs(groups, run_seed=seed)
-    if cfg.get("only_jobs"):
-        wanted = {int(job_id) for job_id in cfg.only_jobs}
-        jobs = tuple(job for job in jobs if job.job_id in wanted)
-    return ensemble.num_voters(len(jobs))
+    return ensemble.num_voters(len(selected_jobs(make_jobs(groups, run_seed=seed), cfg.get("only_jobs"))))
 
 
 def _load_array(run_dir: Path, name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -223,6 +224,18 @@ def client_device_name(cfg: DictConfig) -> str | None:
     return name
 
 
+def selected_jobs(jobs: tuple[JobSpec, ...], only_jobs: Sequence[int] | None) -> tuple[JobSpec, ...]:
+    """The jobs a run trains: all, or the ``only_jobs`` of a lone run of some groups (the same
+    jobs, nothing else)."""
+    if not only_jobs:
+        return jobs
+    wanted = {int(job_id) for job_id in only_jobs}
+    unknown = wanted - {job.job_id for job in jobs}
+    if unknown:
+        raise ConfigError(f"only_jobs names jobs {sorted(unknown)} outside [0, {len(jobs)})")
+    return tuple(job for job in jobs if job.job_id in wanted)
+
+
 def build_experiment(cfg: DictConfig, *, log_warnings: bool = True, serves: bool = True) -> Experiment:
     """Load data, partition it, group clients into jobs and check every precondition up front.
 
@@ -245,13 +258,7 @@ def build_experiment(cfg: DictConfig, *, log_warnings: bool = True, serves: bool
     # Groups are drawn from every client, so a client with samples is in the same group whether
     # or not others are empty; the empty ones are then left out of their groups.
     groups = ensemble.groups(federation.user_ids, seed=int(cfg.seed))
-    jobs = make_jobs(groups, run_seed=int(cfg.seed))
-    if cfg.get("only_jobs"):  # a lone run of some groups: the same jobs, nothing else
-        wanted = {int(job_id) for job_id in cfg.only_jobs}
-        unknown = wanted - {job.job_id for job in jobs}
-        if unknown:
-            raise ConfigError(f"only_jobs names jobs {sorted(unknown)} outside [0, {len(jobs)})")
-        jobs = tuple(job for job in jobs if job.job_id in wanted)
+    jobs = selected_jobs(make_jobs(groups, run_seed=int(cfg.seed)), cfg.get("only_jobs"))
     empty = clients_without_samples(federation)
     jobs = exclude_clients_without_samples(jobs, empty, cfg=cfg, log_warnings=log_warnings)
     attack = instantiate(cfg.attack, _convert_="all")
