@@ -20,8 +20,8 @@ from hydra.utils import instantiate
 
 from fedshield.config import build_experiment
 from fedshield.engines.flower.grid import GridEngine
+from fedshield.engines.flower.nodes import NodeDiscoveryError
 from fedshield.engines.flower.simulation import FlowerEngine, RayResourcesError
-from fedshield.engines.flower.transport import NodeDiscoveryError
 from fedshield.run import run
 from helpers import LOCAL_PER_CLIENT, TINY, tiny_config
 
@@ -218,7 +218,10 @@ def test_node_discovery_gives_up_after_engine_discovery_timeout(tmp_path):
     cfg = tiny_config(tmp_path, "engine=flower", "engine.discovery_timeout=1")
     engine = GridEngine(_GridWithoutNodes(), discovery_timeout=instantiate(cfg.engine).discovery_timeout)  # type: ignore[arg-type]
     started = time.monotonic()
-    with pytest.raises(NodeDiscoveryError, match=r"only 0 of 6 SuperNodes connected in 1 s"):
+    with pytest.raises(
+        NodeDiscoveryError,
+        match=r"after 1 s, 0 SuperNodes answered \(engine.min_nodes=1\) and 6 of 6 users have no node",
+    ):
         engine.train(build_experiment(cfg), [], on_job_done=lambda job: None)
     assert time.monotonic() - started < 30
 

@@ -7,7 +7,9 @@ Flower's app config is flat TOML, so it carries Hydra overrides as one string::
 The app composes the same Hydra config ``fedshield`` would and runs the same pipeline
 (:func:`fedshield.run.run`) on the Grid it is given, through
 :class:`~fedshield.engines.flower.grid.GridEngine`; each SuperNode runs
-:mod:`fedshield.engines.flower.client_app` and needs ``partition-id`` (0..n-1) in its node config.
+:mod:`fedshield.engines.flower.client_app`, either with ``partition-id`` (0..n-1) in its node
+config (one user) or without (a pool node: any user, so a few nodes serve many clients; start
+the run with ``engine.min_nodes`` set to their number to wait for all of them).
 """
 
 from __future__ import annotations
@@ -33,5 +35,6 @@ def main(grid: Grid, context: Context) -> None:
         grid,
         groups_per_wave=int(cfg.engine.get("groups_per_wave", 50)),
         discovery_timeout=float(cfg.engine.get("discovery_timeout", 300.0)),
+        min_nodes=cfg.engine.get("min_nodes", 1),
     )
     run(cfg, engine=engine)

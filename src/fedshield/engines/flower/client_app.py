@@ -3,16 +3,18 @@
 Message types
 -------------
 query
-    Reply with this node's ``partition-id`` so the server can map user IDs to nodes.
+    Reply with this node's ``partition-id`` (absent on a pool node, which serves any user) and
+    its fedshield build, so the server can route users to nodes and refuse a mixed install.
 train
     Phase 1: train from the sent global model (honest, poisoned or FLIP-hardened).
 train.craft
     Phase 2, malicious clients only: craft a reply from the round's phase-1 updates.
 
-Every work message carries the run's resolved config; the client builds the same
-:class:`~fedshield.experiment.Experiment` from it (once per process) and finds its own data
-by ``partition-id``. Per-job client state (FLIP's class-distance cache) lives in
-``context.state``, which Flower keeps for the node across rounds.
+Every work message carries the run's resolved config and names its user; the client builds the
+same :class:`~fedshield.experiment.Experiment` from it (once per process) and takes that user's
+data (:mod:`fedshield.engines.flower.nodes`). Per-job client state (FLIP's class-distance cache)
+lives in ``context.state`` on a dedicated node, which Flower keeps for the node across rounds;
+a pool node gets it with the message and returns the new state with its reply.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from flwr.clientapp import ClientApp
 
 from fedshield.client.work import craft_step, train_step
 from fedshield.config.build import experiment_from_yaml
+from fedshield.engines.flower.nodes import BUILD_KEY, PARTITION_KEY, build_identity
 from fedshield.engines.flower.records import (
+    CLIENT_STATE_KEY,
     EXPERIMENT_KEY,
     USER_ERROR_KEY,
     array_record,
@@ -55,9 +59,14 @@ def _experiment_and_job(
     announce_client_device(experiment)
     jobs = {job.job_id: job for job in experiment.jobs}
     job = jobs[as_int(config["job-id"])]
-    user_id = experiment.federation.user_ids[partition_id(context)]
-    if as_int(config["user-id"]) != user_id or user_id not in job.client_ids:
-        raise ValueError(f"message for user {config['user-id']!r} reached the node of user {user_id}")
+    user_id = as_int(config["user-id"])
+    partition = partition_id(context)
+    if partition is not None and user_id != experiment.federation.user_ids[partition]:
+        raise ValueError(
+            f"message for user {user_id} reached the node of user {experiment.federation.user_ids[partition]}"
+        )
+    if user_id not in job.client_ids:
+        raise ValueError(f"message for user {user_id}, who is not a client of job {job.job_id}")
     return experiment, job, user_id, config
 
 
@@ -97,16 +106,22 @@ def announce_client_device(experiment: Experiment) -> None:
     )
 
 
-def partition_id(context: Context) -> int:
-    """This node's ``partition-id`` (node config; an integer, or its decimal string)."""
-    value = context.node_config["partition-id"]
+def partition_id(context: Context) -> int | None:
+    """This node's ``partition-id`` (node config; an integer, or its decimal string), or None on a
+    pool node, which has none."""
+    if PARTITION_KEY not in context.node_config:
+        return None
+    value = context.node_config[PARTITION_KEY]
     return int(value) if isinstance(value, str) else as_int(value)
 
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
+    node = ConfigRecord({BUILD_KEY: build_identity()})
     partition = partition_id(context)
-    return Message(RecordDict({"node": ConfigRecord({"partition-id": partition})}), reply_to=message)
+    if partition is not None:
+        node[PARTITION_KEY] = partition
+    return Message(RecordDict({"node": node}), reply_to=message)
 
 
 def user_error_reply(error: ClientDeviceError, message: Message) -> Message:
@@ -120,7 +135,6 @@ def train(message: Message, context: Context) -> Message:
         experiment, job, user_id, config = _experiment_and_job(message, context)
     except ClientDeviceError as error:
         return user_error_reply(error, message)
-    state_key = f"client-state-{job.job_id}"
     request = TrainRequest(
         job=job,
         user_id=user_id,
@@ -128,10 +142,15 @@ def train(message: Message, context: Context) -> Message:
         global_params=record_tensor(array_record(message.content, "arrays"), "params"),
         num_sampled=as_int(config["num-sampled"]),
     )
-    reply, state = train_step(experiment, request, record_to_state(context.state.array_records.get(state_key)))
-    if state:
-        context.state[state_key] = state_to_record(state)
+    carried = CLIENT_STATE_KEY in message.content  # sent by the server to a pool node
+    state_key = f"client-state-{job.job_id}"
+    saved = array_record(message.content, CLIENT_STATE_KEY) if carried else context.state.array_records.get(state_key)
+    reply, state = train_step(experiment, request, record_to_state(saved))
     content = reply_content(job_id=job.job_id, user_id=user_id, reply=reply)
+    if carried:
+        content[CLIENT_STATE_KEY] = state_to_record(state)
+    elif state:
+        context.state[state_key] = state_to_record(state)
     return Message(content, reply_to=message)
 
 

@@ -10,6 +10,8 @@ from fedshield.task.defense import ClientState
 from fedshield.task.messages import ClientReply
 
 EXPERIMENT_KEY = "experiment"  # the resolved YAML of the run, carried by every work message
+# A pool-served user's client state (FLIP's caches), sent with its work and returned with the reply.
+CLIENT_STATE_KEY = "client-state"
 USER_ERROR_KEY = "user-error"  # a client's reply instead of work: the user's mistake, to end the run with
 
 

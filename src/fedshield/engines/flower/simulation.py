@@ -17,7 +17,7 @@ from flwr.supercore.run import Run
 from omegaconf import OmegaConf
 
 from fedshield.engines.base import OnJobDone, OnRound
-from fedshield.engines.flower.grid import GridEngine, check_groups_per_wave
+from fedshield.engines.flower.grid import GridEngine, check_groups_per_wave, check_min_nodes
 from fedshield.errors import UserError
 from fedshield.experiment import Experiment
 from fedshield.task.devices import AUTO
@@ -185,6 +185,7 @@ class FlowerEngine:
         address: str | None = None,
         discovery_timeout: float = 300.0,
         groups_per_wave: int = 50,
+        min_nodes: int = 1,
         gpu_share: dict | None = None,
         verbose: bool = False,
     ) -> None:
@@ -198,6 +199,7 @@ class FlowerEngine:
         self.address = check_address(address)
         self.discovery_timeout = check_discovery_timeout(discovery_timeout)
         self.groups_per_wave = check_groups_per_wave(groups_per_wave)
+        self.min_nodes = check_min_nodes(min_nodes)
         self.verbose = verbose
         self.failed_replies = 0
 
@@ -228,6 +230,7 @@ class FlowerEngine:
                 _StoppableGrid(grid, backend_down),
                 groups_per_wave=self.groups_per_wave,
                 discovery_timeout=self.discovery_timeout,
+                min_nodes=self.min_nodes,
             )
             try:
                 engine.train(experiment, jobs, on_job_done=on_job_done, on_progress=on_progress)

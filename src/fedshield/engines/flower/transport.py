@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import logging
-import time
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedshield.engines.flower.nodes import NodeDirectory
 from fedshield.engines.flower.records import (
+    CLIENT_STATE_KEY,
     EXPERIMENT_KEY,
     USER_ERROR_KEY,
     array_record,
     as_float,
     as_int,
     record_tensor,
+    record_to_state,
     reply_diagnostics,
     scalars,
+    state_to_record,
     tensor_record,
 )
 from fedshield.errors import UserError
 from fedshield.server.protocol import Replies
-from fedshield.task.messages import ClientReply, CraftRequest, TrainRequest
+from fedshield.task.defense import ClientState
+from fedshield.task.messages import ClientReply, CraftRequest, ReplyKey, TrainRequest
 
 logger = logging.getLogger(__name__)
-
-
-class NodeDiscoveryError(RuntimeError):
-    pass
 
 
 class ClientUserError(UserError):
@@ -35,53 +36,38 @@ class ClientUserError(UserError):
     on a worker without CUDA): every client would fail alike, so the run stops with its message."""
 
 
-def discover_nodes(grid: Grid, user_ids: tuple[int, ...], *, timeout: float = 300.0) -> dict[int, int]:
-    """Map each user ID to the node that holds its partition (asks every node its partition-id)."""
-    deadline = time.monotonic() + timeout
-    node_ids = list(grid.get_node_ids())
-    while len(node_ids) < len(user_ids):
-        if time.monotonic() > deadline:
-            raise NodeDiscoveryError(f"only {len(node_ids)} of {len(user_ids)} SuperNodes connected in {timeout:.0f} s")
-        time.sleep(0.5)
-        node_ids = list(grid.get_node_ids())
-    queries = [Message(RecordDict(), dst_node_id=node_id, message_type="query") for node_id in node_ids]
-    node_of_user: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            logger.warning("node %s did not answer the partition query", reply.metadata.src_node_id)
-            continue
-        partition = as_int(scalars(reply.content, "node")["partition-id"])
-        if not 0 <= partition < len(user_ids):
-            raise NodeDiscoveryError(
-                f"node {reply.metadata.src_node_id} reports partition-id {partition} outside [0, {len(user_ids)})"
-            )
-        node_of_user[user_ids[partition]] = reply.metadata.src_node_id
-    missing = len(user_ids) - len(node_of_user)
-    if missing:
-        raise NodeDiscoveryError(
-            f"{missing} partitions have no SuperNode (need one node per client, partition-id 0..n-1)"
-        )
-    return node_of_user
-
-
 class FlowerTransport:
-    """One ``send_and_receive`` per phase per round, for all jobs of a wave at once."""
+    """One ``send_and_receive`` per phase per round, for all jobs of a wave at once, each message
+    to the node :class:`NodeDirectory` routes its user to (asked again before every exchange)."""
 
-    def __init__(
-        self, grid: Grid, node_of_user: dict[int, int], experiment_yaml: str, *, timeout: float | None = None
-    ) -> None:
+    def __init__(self, grid: Grid, nodes: NodeDirectory, experiment_yaml: str, *, timeout: float | None = None) -> None:
         self.grid = grid
-        self.node_of_user = node_of_user
+        self.nodes = nodes
         self.experiment_yaml = experiment_yaml
         self.timeout = timeout
         self.failures = 0
+        # Client state of users served by pool nodes, which may change from round to round.
+        self.client_states: dict[ReplyKey, ClientState] = {}
 
     def _config(self, job_id: int, user_id: int, server_round: int, **extra) -> ConfigRecord:
         return ConfigRecord(
             {EXPERIMENT_KEY: self.experiment_yaml, "job-id": job_id, "user-id": user_id, "round": server_round, **extra}
         )
 
-    def _exchange(self, messages: list[Message], expected: list[tuple[int, int]]) -> Replies:
+    def _route(self, keys: list[ReplyKey]) -> dict[ReplyKey, int]:
+        """The node of each request's user; users no node can serve now count as failed replies."""
+        self.nodes.refresh()
+        routed = {}
+        for key in keys:
+            node_id = self.nodes.node_of(key[1])
+            if node_id is None:
+                self.failures += 1
+                logger.warning("no SuperNode serves user %s now; job %s goes on without it", key[1], key[0])
+            else:
+                routed[key] = node_id
+        return routed
+
+    def _exchange(self, messages: list[Message], expected: list[ReplyKey]) -> Replies:
         replies: Replies = {key: None for key in expected}
         # Error replies come from the SuperLink itself, so name the node from the message sent.
         destination: dict[str, int] = {}
@@ -94,38 +80,50 @@ class FlowerTransport:
                 self.failures += 1
                 node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
                 logger.warning("no reply from node %s: %s", node, reply.error.reason)
+                if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                    self.nodes.drop(node)
                 continue
             if USER_ERROR_KEY in reply.content:
                 raise ClientUserError(str(scalars(reply.content, USER_ERROR_KEY)["message"]))
             who = scalars(reply.content, "who")
+            key = (as_int(who["job-id"]), as_int(who["user-id"]))
             metrics = scalars(reply.content, "metrics")
-            replies[(as_int(who["job-id"]), as_int(who["user-id"]))] = ClientReply(
+            replies[key] = ClientReply(
                 record_tensor(array_record(reply.content, "update"), "update"),
                 as_int(metrics["num-examples"]),
                 as_float(metrics["loss"]),
                 reply_diagnostics(metrics),
             )
+            if CLIENT_STATE_KEY in reply.content:
+                self.client_states[key] = record_to_state(array_record(reply.content, CLIENT_STATE_KEY))
         return replies
 
+    def _content(self, key: ReplyKey, node_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        content = RecordDict({"arrays": arrays, "config": config})
+        if self.nodes.is_pool(node_id):
+            content[CLIENT_STATE_KEY] = state_to_record(self.client_states.get(key, {}))
+        return content
+
     def train(self, requests: list[TrainRequest]) -> Replies:
+        routes = self._route([r.key for r in requests])
         messages = [
             Message(
-                RecordDict(
-                    {
-                        "arrays": tensor_record(params=r.global_params),
-                        "config": self._config(
-                            r.job.job_id, r.user_id, r.server_round, **{"num-sampled": r.num_sampled}
-                        ),
-                    }
+                self._content(
+                    r.key,
+                    routes[r.key],
+                    tensor_record(params=r.global_params),
+                    self._config(r.job.job_id, r.user_id, r.server_round, **{"num-sampled": r.num_sampled}),
                 ),
-                dst_node_id=self.node_of_user[r.user_id],
+                dst_node_id=routes[r.key],
                 message_type="train",
             )
             for r in requests
+            if r.key in routes
         ]
-        return self._exchange(messages, [(r.job.job_id, r.user_id) for r in requests])
+        return self._exchange(messages, [r.key for r in requests])
 
     def craft(self, requests: list[CraftRequest]) -> Replies:
+        routes = self._route([r.key for r in requests])
         messages = [
             Message(
                 RecordDict(
@@ -134,9 +132,10 @@ class FlowerTransport:
                         "config": self._config(r.job.job_id, r.user_id, r.server_round, sampled=list(r.sampled)),
                     }
                 ),
-                dst_node_id=self.node_of_user[r.user_id],
+                dst_node_id=routes[r.key],
                 message_type="train.craft",
             )
             for r in requests
+            if r.key in routes
         ]
-        return self._exchange(messages, [(r.job.job_id, r.user_id) for r in requests])
+        return self._exchange(messages, [r.key for r in requests])
