@@ -26,7 +26,8 @@ class InProcessGrid:
         self._ids = itertools.count(101)
         self.contexts: dict[int, Context] = {}
         self.online: set[int] = set()
-        self.delivered: list[tuple[int, str, int | None]] = []  # (node, message type, user)
+        self.delivered: list[tuple[int, str, int | None]] = []  # (node, message type, user) per task
+        self.messages: list[tuple[int, str]] = []  # (node, message type) per message
         # Called before each exchange with this grid: lets a test stop or start nodes mid-run.
         self.before_exchange: Callable[[InProcessGrid, list[Message]], None] | None = None
 
@@ -57,9 +58,11 @@ class InProcessGrid:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Error: Node Unavailable")
                 replies.append(Message(error, reply_to=message))
                 continue
+            kind = message.metadata.message_type
+            self.messages.append((node_id, kind))
             config = message.content.config_records.get("config")
-            user = config["user-id"] if config is not None and "user-id" in config else None
-            self.delivered.append((node_id, message.metadata.message_type, user))  # type: ignore[arg-type]
+            users = list(config["user-ids"]) if config is not None and "user-ids" in config else [None]  # type: ignore[arg-type]
+            self.delivered.extend((node_id, kind, user) for user in users)
             reply = client_app(message, self.contexts[node_id])
             reply.metadata.__dict__["_src_node_id"] = node_id
             replies.append(reply)

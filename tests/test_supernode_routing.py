@@ -159,9 +159,11 @@ def test_two_pool_nodes_serving_twenty_clients_equal_the_local_engine_bit_for_bi
     configure_torch(threads=1)
     run(tiny_config(tmp_path, *POOL_RUN, *LOCAL_PER_CLIENT, "engine.workers=1", name="local"))
 
-    # Assert: every client trained every round, half on each node, and the models are the same
+    # Assert: every client trained every round, half on each node, one message per node and round,
+    # and the models are the same
     trained = Counter(node for node, kind, _ in grid.delivered if kind == "train")
     assert trained == {nodes[0]: 30, nodes[1]: 30}
+    assert Counter(node for node, kind in grid.messages if kind == "train") == {nodes[0]: 3, nodes[1]: 3}
     for pool, local in zip(_all_params(tmp_path / "pool", 2), _all_params(tmp_path / "local", 2), strict=True):
         assert torch.equal(pool, local)
     assert (tmp_path / "pool" / "votes.npy").read_bytes() == (tmp_path / "local" / "votes.npy").read_bytes()
@@ -199,9 +201,10 @@ def test_a_pool_node_that_dies_loses_one_round_of_its_users_and_a_restarted_node
         if _train_round(messages) == 2 and a in grid.online:
             grid.stop_node(a)
             restarted.append(grid.start_node())
-            lost.update(
-                (2, int(m.content.config_records["config"]["user-id"])) for m in messages if m.metadata.dst_node_id == a
-            )  # type: ignore[arg-type]
+            for message in messages:
+                if message.metadata.dst_node_id == a:
+                    users = message.content.config_records["config"]["user-ids"]
+                    lost.update((2, int(user)) for user in users)  # type: ignore[union-attr]
 
     grid.before_exchange = kill_a_in_round_2
     cfg = tiny_config(tmp_path, "engine=flower", *POOL_RUN, name="churn")
@@ -293,3 +296,23 @@ def test_flip_client_state_travels_with_users_that_change_pool_nodes(tmp_path):
             nodes_of_user.setdefault(user, set()).add(node)
     assert any(len(nodes) > 1 for nodes in nodes_of_user.values())
     assert torch.equal(job_params(tmp_path / "pool"), job_params(tmp_path / "local"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dedicated", "pool"])
+def test_full_knowledge_attackers_craft_over_the_grid_as_in_process(tmp_path, kind):
+    # Prepare: Fang's Trim attack has a second phase, the malicious clients' crafting messages
+    grid = InProcessGrid()
+    for partition in range(6) if kind == "dedicated" else range(2):
+        grid.start_node({"partition-id": partition} if kind == "dedicated" else {})
+    attacked = ["num_rounds=2", "sample_fraction=1.0", "strategy=trimmed_mean", "attack=trim", "attack.num_malicious=2"]
+
+    # Execute
+    _grid_run(tiny_config(tmp_path, "engine=flower", *attacked, name="grid"), grid)
+    configure_torch(threads=1)
+    run(tiny_config(tmp_path, *attacked, *LOCAL_PER_CLIENT, "engine.workers=1", name="local"))
+
+    # Assert
+    crafted = [user for _, message_type, user in grid.delivered if message_type == "train.craft"]
+    assert len(crafted) == 2 * 2, "each round, each malicious client crafts once"
+    assert torch.equal(job_params(tmp_path / "grid"), job_params(tmp_path / "local"))

@@ -10,11 +10,13 @@ train
 train.craft
     Phase 2, malicious clients only: craft a reply from the round's phase-1 updates.
 
-Every work message carries the run's resolved config and names its user; the client builds the
-same :class:`~fedshield.experiment.Experiment` from it (once per process) and takes that user's
-data (:mod:`fedshield.engines.flower.nodes`). Per-job client state (FLIP's class-distance cache)
-lives in ``context.state`` on a dedicated node, which Flower keeps for the node across rounds;
-a pool node gets it with the message and returns the new state with its reply.
+Every work message carries the run's resolved config and the node's *tasks* of the round, one
+per (job, user) routed to it (:mod:`fedshield.engines.flower.records`); the client builds the
+same :class:`~fedshield.experiment.Experiment` from the config (once per process) and trains
+each named user on that user's data (:mod:`fedshield.engines.flower.nodes`). Per-job client
+state (FLIP's class-distance cache) lives in ``context.state`` on a dedicated node, which Flower
+keeps for the node across rounds; a pool node gets it with the task and returns the new state
+with its reply.
 """
 
 from __future__ import annotations
@@ -29,17 +31,15 @@ from fedshield.client.work import craft_step, train_step
 from fedshield.config.build import experiment_from_yaml
 from fedshield.engines.flower.nodes import BUILD_KEY, PARTITION_KEY, build_identity
 from fedshield.engines.flower.records import (
-    CLIENT_STATE_KEY,
     EXPERIMENT_KEY,
     USER_ERROR_KEY,
-    array_record,
+    TaskReply,
     as_int,
-    as_ints,
-    record_tensor,
+    craft_tasks,
     record_to_state,
-    reply_content,
-    scalars,
+    reply_records,
     state_to_record,
+    train_tasks,
 )
 from fedshield.experiment import Experiment
 from fedshield.task.determinism import configure_torch
@@ -50,16 +50,17 @@ from fedshield.task.messages import CraftRequest, TrainRequest
 app = ClientApp()
 
 
-def _experiment_and_job(
-    message: Message, context: Context
-) -> tuple[Experiment, JobSpec, int, ConfigRecord | MetricRecord]:
+def _experiment(config: ConfigRecord | MetricRecord) -> Experiment:
+    """The run's experiment, built once per process from the config every message carries."""
     configure_torch(threads=1)
-    config = scalars(message.content, "config")
     experiment = experiment_from_yaml(str(config[EXPERIMENT_KEY]), serves=False)
     announce_client_device(experiment)
-    jobs = {job.job_id: job for job in experiment.jobs}
-    job = jobs[as_int(config["job-id"])]
-    user_id = as_int(config["user-id"])
+    return experiment
+
+
+def _job(experiment: Experiment, context: Context, job_id: int, user_id: int) -> JobSpec:
+    """Job ``job_id``, checking that ``user_id`` is one of its clients and may be served here."""
+    job = {job.job_id: job for job in experiment.jobs}[job_id]
     partition = partition_id(context)
     if partition is not None and user_id != experiment.federation.user_ids[partition]:
         raise ValueError(
@@ -67,7 +68,7 @@ def _experiment_and_job(
         )
     if user_id not in job.client_ids:
         raise ValueError(f"message for user {user_id}, who is not a client of job {job.job_id}")
-    return experiment, job, user_id, config
+    return job
 
 
 def ray_gpu_ids() -> list[str] | None:
@@ -131,45 +132,48 @@ def user_error_reply(error: ClientDeviceError, message: Message) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    config, tasks = train_tasks(message.content)
     try:
-        experiment, job, user_id, config = _experiment_and_job(message, context)
+        experiment = _experiment(config)
     except ClientDeviceError as error:
         return user_error_reply(error, message)
-    request = TrainRequest(
-        job=job,
-        user_id=user_id,
-        server_round=as_int(config["round"]),
-        global_params=record_tensor(array_record(message.content, "arrays"), "params"),
-        num_sampled=as_int(config["num-sampled"]),
-    )
-    carried = CLIENT_STATE_KEY in message.content  # sent by the server to a pool node
-    state_key = f"client-state-{job.job_id}"
-    saved = array_record(message.content, CLIENT_STATE_KEY) if carried else context.state.array_records.get(state_key)
-    reply, state = train_step(experiment, request, record_to_state(saved))
-    content = reply_content(job_id=job.job_id, user_id=user_id, reply=reply)
-    if carried:
-        content[CLIENT_STATE_KEY] = state_to_record(state)
-    elif state:
-        context.state[state_key] = state_to_record(state)
-    return Message(content, reply_to=message)
+    server_round = as_int(config["round"])
+    replies = []
+    for task in tasks:
+        request = TrainRequest(
+            job=_job(experiment, context, task.job_id, task.user_id),
+            user_id=task.user_id,
+            server_round=server_round,
+            global_params=task.global_params,
+            num_sampled=task.num_sampled,
+        )
+        # A pool node gets the user's state with the task and returns it; a dedicated node keeps it.
+        state_key = f"client-state-{task.job_id}"
+        saved = task.state if task.state is not None else record_to_state(context.state.array_records.get(state_key))
+        reply, state = train_step(experiment, request, saved)
+        if task.state is None and state:
+            context.state[state_key] = state_to_record(state)
+        replies.append(TaskReply(task.job_id, task.user_id, reply, state if task.state is not None else None))
+    return Message(reply_records(replies), reply_to=message)
 
 
 @app.train("craft")
 def craft(message: Message, context: Context) -> Message:
+    config, tasks = craft_tasks(message.content)
     try:
-        experiment, job, user_id, config = _experiment_and_job(message, context)
+        experiment = _experiment(config)
     except ClientDeviceError as error:
         return user_error_reply(error, message)
-    arrays = array_record(message.content, "arrays")
-    request = CraftRequest(
-        job=job,
-        user_id=user_id,
-        server_round=as_int(config["round"]),
-        sampled=as_ints(config["sampled"]),
-        updates=record_tensor(arrays, "updates"),
-        weights=record_tensor(arrays, "weights"),
-        global_params=record_tensor(arrays, "params"),
-    )
-    reply = craft_step(experiment, request)
-    content = reply_content(job_id=job.job_id, user_id=user_id, reply=reply)
-    return Message(content, reply_to=message)
+    replies = []
+    for task in tasks:
+        request = CraftRequest(
+            job=_job(experiment, context, task.job_id, task.user_id),
+            user_id=task.user_id,
+            server_round=as_int(config["round"]),
+            sampled=task.sampled,
+            updates=task.updates,
+            weights=task.weights,
+            global_params=task.global_params,
+        )
+        replies.append(TaskReply(task.job_id, task.user_id, craft_step(experiment, request), None))
+    return Message(reply_records(replies), reply_to=message)

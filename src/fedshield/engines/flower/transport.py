@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedshield.engines.flower.nodes import NodeDirectory
 from fedshield.engines.flower.records import (
-    CLIENT_STATE_KEY,
-    EXPERIMENT_KEY,
     USER_ERROR_KEY,
-    array_record,
-    as_float,
-    as_int,
-    record_tensor,
-    record_to_state,
-    reply_diagnostics,
+    CraftTask,
+    TrainTask,
+    craft_content,
     scalars,
-    state_to_record,
-    tensor_record,
+    task_replies,
+    train_content,
 )
 from fedshield.errors import UserError
 from fedshield.server.protocol import Replies
 from fedshield.task.defense import ClientState
-from fedshield.task.messages import ClientReply, CraftRequest, ReplyKey, TrainRequest
+from fedshield.task.messages import CraftRequest, ReplyKey, TrainRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +32,10 @@ class ClientUserError(UserError):
 
 
 class FlowerTransport:
-    """One ``send_and_receive`` per phase per round, for all jobs of a wave at once, each message
-    to the node :class:`NodeDirectory` routes its user to (asked again before every exchange)."""
+    """One ``send_and_receive`` per phase per round for all jobs of a wave, with one message per
+    SuperNode carrying every task routed to it (:class:`NodeDirectory`, asked again before every
+    exchange): a pool node serving many users starts one ClientApp process per round, not one
+    per user."""
 
     def __init__(self, grid: Grid, nodes: NodeDirectory, experiment_yaml: str, *, timeout: float | None = None) -> None:
         self.grid = grid
@@ -49,93 +46,83 @@ class FlowerTransport:
         # Client state of users served by pool nodes, which may change from round to round.
         self.client_states: dict[ReplyKey, ClientState] = {}
 
-    def _config(self, job_id: int, user_id: int, server_round: int, **extra) -> ConfigRecord:
-        return ConfigRecord(
-            {EXPERIMENT_KEY: self.experiment_yaml, "job-id": job_id, "user-id": user_id, "round": server_round, **extra}
-        )
-
-    def _route(self, keys: list[ReplyKey]) -> dict[ReplyKey, int]:
-        """The node of each request's user; users no node can serve now count as failed replies."""
+    def _by_node(self, keys: list[ReplyKey]) -> dict[int, list[int]]:
+        """Indices into ``keys`` per node, in order; users no node can serve now count as failed."""
         self.nodes.refresh()
-        routed = {}
-        for key in keys:
-            node_id = self.nodes.node_of(key[1])
+        by_node: dict[int, list[int]] = {}
+        for index, (job_id, user_id) in enumerate(keys):
+            node_id = self.nodes.node_of(user_id)
             if node_id is None:
                 self.failures += 1
-                logger.warning("no SuperNode serves user %s now; job %s goes on without it", key[1], key[0])
+                logger.warning("no SuperNode serves user %s now; job %s goes on without it", user_id, job_id)
             else:
-                routed[key] = node_id
-        return routed
+                by_node.setdefault(node_id, []).append(index)
+        return by_node
 
-    def _exchange(self, messages: list[Message], expected: list[ReplyKey]) -> Replies:
+    def _exchange(self, messages: dict[int, tuple[Message, list[ReplyKey]]], expected: list[ReplyKey]) -> Replies:
         replies: Replies = {key: None for key in expected}
-        # Error replies come from the SuperLink itself, so name the node from the message sent.
-        destination: dict[str, int] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            if not destination:
-                destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        sent = [message for message, _ in messages.values()]
+        keys_of: dict[str, list[ReplyKey]] = {}
+        for reply in self.grid.send_and_receive(sent, timeout=self.timeout):
+            if not keys_of:  # message IDs are set when the messages are pushed
+                keys_of = {message.metadata.message_id: keys for message, keys in messages.values()}
             if reply.has_error():
-                # A vanished or failing client: Flower's failure handling gives an error reply;
-                # the round goes on without it (logged and counted).
-                self.failures += 1
-                node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-                logger.warning("no reply from node %s: %s", node, reply.error.reason)
+                # A vanished or failing node: Flower's failure handling gives an error reply (from
+                # the SuperLink, so the node is named from the message sent); the round goes on
+                # without its users (logged and counted).
+                node = next(
+                    (
+                        n
+                        for n, (m, _) in messages.items()
+                        if m.metadata.message_id == reply.metadata.reply_to_message_id
+                    ),
+                    reply.metadata.src_node_id,
+                )
+                lost = keys_of.get(reply.metadata.reply_to_message_id, [])
+                self.failures += max(1, len(lost))
+                logger.warning("no reply from node %s for %d tasks: %s", node, len(lost), reply.error.reason)
                 if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
                     self.nodes.drop(node)
                 continue
             if USER_ERROR_KEY in reply.content:
                 raise ClientUserError(str(scalars(reply.content, USER_ERROR_KEY)["message"]))
-            who = scalars(reply.content, "who")
-            key = (as_int(who["job-id"]), as_int(who["user-id"]))
-            metrics = scalars(reply.content, "metrics")
-            replies[key] = ClientReply(
-                record_tensor(array_record(reply.content, "update"), "update"),
-                as_int(metrics["num-examples"]),
-                as_float(metrics["loss"]),
-                reply_diagnostics(metrics),
-            )
-            if CLIENT_STATE_KEY in reply.content:
-                self.client_states[key] = record_to_state(array_record(reply.content, CLIENT_STATE_KEY))
+            for task in task_replies(reply.content):
+                key = (task.job_id, task.user_id)
+                replies[key] = task.reply
+                if task.state is not None:
+                    self.client_states[key] = task.state
         return replies
 
-    def _content(self, key: ReplyKey, node_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        content = RecordDict({"arrays": arrays, "config": config})
-        if self.nodes.is_pool(node_id):
-            content[CLIENT_STATE_KEY] = state_to_record(self.client_states.get(key, {}))
-        return content
-
     def train(self, requests: list[TrainRequest]) -> Replies:
-        routes = self._route([r.key for r in requests])
-        messages = [
-            Message(
-                self._content(
-                    r.key,
-                    routes[r.key],
-                    tensor_record(params=r.global_params),
-                    self._config(r.job.job_id, r.user_id, r.server_round, **{"num-sampled": r.num_sampled}),
-                ),
-                dst_node_id=routes[r.key],
-                message_type="train",
-            )
-            for r in requests
-            if r.key in routes
-        ]
-        return self._exchange(messages, [r.key for r in requests])
+        keys = [r.key for r in requests]
+        messages = {}
+        for node_id, indices in self._by_node(keys).items():
+            pool = self.nodes.is_pool(node_id)
+            tasks = [
+                TrainTask(
+                    r.job.job_id,
+                    r.user_id,
+                    r.num_sampled,
+                    r.global_params,
+                    self.client_states.get(r.key, {}) if pool else None,
+                )
+                for r in (requests[i] for i in indices)
+            ]
+            round_ = requests[indices[0]].server_round
+            content = train_content(self.experiment_yaml, round_, tasks)
+            message = Message(content, dst_node_id=node_id, message_type="train")
+            messages[node_id] = (message, [keys[i] for i in indices])
+        return self._exchange(messages, keys)
 
     def craft(self, requests: list[CraftRequest]) -> Replies:
-        routes = self._route([r.key for r in requests])
-        messages = [
-            Message(
-                RecordDict(
-                    {
-                        "arrays": tensor_record(params=r.global_params, updates=r.updates, weights=r.weights),
-                        "config": self._config(r.job.job_id, r.user_id, r.server_round, sampled=list(r.sampled)),
-                    }
-                ),
-                dst_node_id=routes[r.key],
-                message_type="train.craft",
-            )
-            for r in requests
-            if r.key in routes
-        ]
-        return self._exchange(messages, [r.key for r in requests])
+        keys = [r.key for r in requests]
+        messages = {}
+        for node_id, indices in self._by_node(keys).items():
+            tasks = [
+                CraftTask(r.job.job_id, r.user_id, r.sampled, r.global_params, r.updates, r.weights)
+                for r in (requests[i] for i in indices)
+            ]
+            content = craft_content(self.experiment_yaml, requests[indices[0]].server_round, tasks)
+            message = Message(content, dst_node_id=node_id, message_type="train.craft")
+            messages[node_id] = (message, [keys[i] for i in indices])
+        return self._exchange(messages, keys)
