@@ -1,11 +1,13 @@
-"""docker-compose.yml and Dockerfile: a federation that matches this checkout, checked without Docker.
+"""docker-compose.yml, its TLS overlay and Dockerfile: a federation that matches this checkout.
 
-No Docker engine is needed: the file is parsed with PyYAML, and validated by ``docker compose
-config -q`` (or ``docker-compose``) when a Compose client is installed (neither needs a daemon).
+No Docker engine is needed: the files are parsed with PyYAML (the overlay merged onto the base as
+Compose merges them), and validated by ``docker compose config -q`` (or ``docker-compose``) when a
+Compose client is installed (neither needs a daemon).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -22,6 +24,7 @@ from fedshield.config import build_experiment, compose_config, split_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+TLS_OVERLAY_FILE = REPO_ROOT / "docker-compose.tls.yml"
 FLWR_VERSION = version("flwr")
 
 
@@ -172,3 +175,121 @@ def test_compose_client_accepts_the_file():
         [*client, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_compose_client_accepts_the_file_with_the_tls_overlay(tmp_path):
+    client = _compose_client()
+    if client is None:
+        pytest.skip("no Docker Compose client (docker compose / docker-compose) installed")
+    files = ["-f", str(COMPOSE_FILE), "-f", str(TLS_OVERLAY_FILE)]
+    done = subprocess.run(
+        [*client, *files, "config", "-q"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FEDSHIELD_CERTS": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# --- docker-compose.tls.yml merged onto docker-compose.yml ------------------------------------------
+
+# Compose's merge rules for the keys the overlay uses (docs.docker.com/compose/multiple-compose-files/merge):
+# `command` and `entrypoint` are replaced, `volumes` merged by container path, mappings merged key by key.
+REPLACED = {"command", "entrypoint"}
+
+
+def _merge_service(base: dict, overlay: dict) -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if key in REPLACED or key not in base:
+            merged[key] = value
+        elif key == "volumes":
+            by_target = {target: volume for volume in base[key] for target in _mounts({"volumes": [volume]})}
+            by_target.update({target: volume for volume in value for target in _mounts({"volumes": [volume]})})
+            merged[key] = list(by_target.values())
+        elif isinstance(value, dict) and isinstance(base[key], dict):
+            merged[key] = {**base[key], **value}
+        else:
+            raise NotImplementedError(f"merging {key!r} is not modelled here; extend _merge_service")
+    return merged
+
+
+@pytest.fixture(scope="module")
+def tls_overlay() -> dict:
+    return yaml.safe_load(TLS_OVERLAY_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def tls_services(services, tls_overlay) -> dict[str, dict]:
+    overrides = tls_overlay["services"]
+    return {name: _merge_service(service, overrides.get(name, {})) for name, service in services.items()}
+
+
+def _mounted_certificate(service: dict, path: str, file_name: str) -> None:
+    """``path`` is a read-only mount of ``file_name`` from the host's certificates folder."""
+    mounts = _mounts(service)
+    assert path in mounts, f"nothing is mounted at {path}"
+    source, read_only = mounts[path]
+    assert read_only, f"{path} must be mounted read-only"
+    assert source == f"${{FEDSHIELD_CERTS:-./certificates}}/{file_name}", f"{path} comes from {source}"
+
+
+def _flwr_connection(service: dict) -> tuple[dict, str]:
+    """The ``config.toml`` a launcher script writes (its printf) and the command it then runs."""
+    script = _argv(service)[-1]
+    printed = re.search(r"printf '([^']*)' > \"\$\$FLWR_HOME/config.toml\"", script)
+    assert printed, f"no config.toml written by {script!r}"
+    config = tomllib.loads(printed.group(1).encode().decode("unicode_escape"))
+    connection = config["superlink"][config["superlink"]["default"]]
+    (run_line,) = [line for line in script.splitlines() if line.startswith("exec flwr run")]
+    return connection, run_line
+
+
+def test_tls_overlay_names_only_services_of_the_base_file(services, tls_overlay):
+    unknown = set(tls_overlay["services"]) - set(services)
+    assert not unknown, f"the overlay would add services {unknown} instead of overriding them"
+
+
+def test_no_service_runs_insecure_with_the_tls_overlay(tls_services):
+    for name, service in tls_services.items():
+        assert "--insecure" not in _argv(service), f"{name} still runs with --insecure"
+        script = " ".join(_argv(service))
+        assert "insecure" not in script, f"{name} still mentions insecure"
+
+
+def test_tls_superlink_serves_with_mounted_certificates_and_keeps_its_other_options(services, tls_services):
+    argv = _argv(tls_services["superlink"])
+    expected_files = {"--ssl-ca-certfile": "ca.crt", "--ssl-certfile": "server.pem", "--ssl-keyfile": "server.key"}
+    for option, file_name in expected_files.items():
+        _mounted_certificate(tls_services["superlink"], _option(argv, option), file_name)
+        del argv[argv.index(option) : argv.index(option) + 2]
+    assert argv == [arg for arg in _argv(services["superlink"]) if arg != "--insecure"]
+
+
+def test_tls_supernodes_trust_the_mounted_ca_and_keep_their_other_options(services, tls_services):
+    supernodes = _supernodes(services)
+    for name in supernodes:
+        argv = _argv(tls_services[name])
+        _mounted_certificate(tls_services[name], _option(argv, "--root-certificates"), "ca.crt")
+        del argv[argv.index("--root-certificates") : argv.index("--root-certificates") + 2]
+        assert argv == [arg for arg in _argv(services[name]) if arg != "--insecure"], f"{name} differs from the base"
+        assert _mounts(tls_services[name]).keys() >= _mounts(services[name]).keys(), f"{name} lost a base volume"
+
+
+def test_the_ca_key_is_mounted_nowhere(tls_services):
+    for name, service in tls_services.items():
+        sources = [source for source, _ in _mounts(service).values()]
+        assert not any(source.endswith("ca.key") for source in sources), f"{name} mounts the CA's private key"
+
+
+def test_tls_flcert_run_trusts_the_mounted_ca_and_submits_the_same_run(services, tls_services):
+    superlink_port = _option(_argv(services["superlink"]), "--port")
+    connection, run_line = _flwr_connection(tls_services["flcert-d"])
+    base_connection, base_run_line = _flwr_connection(services["flcert-d"])
+    assert connection["address"] == base_connection["address"] == f"superlink:{superlink_port}"
+    assert "insecure" not in connection, "root-certificates and insecure are exclusive for flwr"
+    _mounted_certificate(tls_services["flcert-d"], connection["root-certificates"], "ca.crt")
+    assert run_line == base_run_line
+    assert tls_services["flcert-d"]["entrypoint"] == services["flcert-d"]["entrypoint"]
