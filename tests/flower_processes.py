@@ -163,10 +163,13 @@ class Federation:
     superlink: subprocess.Popen | None = None
     supernodes: list[subprocess.Popen] = field(default_factory=list)
     started: list[subprocess.Popen] = field(default_factory=list)
+    node_ports: list[int] = field(default_factory=list)
+    node_configs: list[str | None] = field(default_factory=list)
 
     def start(self, name: str, *command: str) -> subprocess.Popen:
-        """``command`` (a program beside this Python) in its own process group, logged to ``name``.log."""
-        with open(self.root / f"{name}.log", "wb") as log:
+        """``command`` (a program beside this Python) in its own process group, logged to ``name``.log
+        (appended to: a restarted process keeps its predecessor's log)."""
+        with open(self.root / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
                 [str(BIN / command[0]), *command[1:]],
                 env=self.env,
@@ -185,15 +188,45 @@ class Federation:
     def node_log(self, partition: int) -> str:
         return self.log(f"supernode-{partition}")
 
-    def start_supernode(self, name: str, *transport: str, port: int, node_config: str) -> subprocess.Popen:
-        """A SuperNode dialling this SuperLink with ``transport`` options (--insecure / --root-certificates)."""
+    def start_supernode(self, name: str, *transport: str, port: int, node_config: str | None) -> subprocess.Popen:
+        """A SuperNode dialling this SuperLink with ``transport`` options (--insecure / --root-certificates);
+        without ``node_config`` it is a pool node."""
         return self.start(
             name,
             "flower-supernode",
             *transport,
             *f"--superlink {HOST}:{self.link_port} --host {HOST} --port {port}".split(),
-            *("--node-config", node_config),
+            *(("--node-config", node_config) if node_config is not None else ()),
         )
+
+    def wait_joined(self, index: int, *, joins: int = 1) -> None:
+        """Until SuperNode ``index`` has registered ``joins`` times (a restart registers again)."""
+        log = self.root / f"supernode-{index}.log"
+        wait_until(
+            lambda: accepts_connections(self.node_ports[index]),
+            timeout=STARTUP_TIMEOUT,
+            what=f"SuperNode {index}",
+            process=self.supernodes[index],
+            log=log,
+        )
+        wait_until(
+            lambda: log.read_text(errors="replace").count("SuperNode ID") >= joins,
+            timeout=STARTUP_TIMEOUT,
+            what=f"SuperNode {index} joining the SuperLink",
+            process=self.supernodes[index],
+            log=log,
+        )
+
+    def restart_node(self, index: int) -> None:
+        """Start SuperNode ``index`` again after :meth:`kill_node` (it registers under a new node ID)."""
+        joins = self.node_log(index).count("SuperNode ID")
+        self.supernodes[index] = self.start_supernode(
+            f"supernode-{index}",
+            *self.transport_options(),
+            port=self.node_ports[index],
+            node_config=self.node_configs[index],
+        )
+        self.wait_joined(index, joins=joins + 1)
 
     def transport_options(self) -> list[str]:
         """What this federation's SuperNodes need: --root-certificates over TLS, else --insecure."""
@@ -248,10 +281,13 @@ class Federation:
 
 
 @contextmanager
-def running_federation(root: Path, *, num_nodes: int, certificates: Certificates | None = None) -> Iterator[Federation]:
+def running_federation(
+    root: Path, *, num_nodes: int, certificates: Certificates | None = None, pool: bool = False
+) -> Iterator[Federation]:
     """A SuperLink and ``num_nodes`` joined SuperNodes on 127.0.0.1, with ``flwr``'s connection
-    CONNECTION configured; over TLS with ``certificates``, else ``--insecure``. Every process this
-    federation started (by then) is stopped on exit, by PID."""
+    CONNECTION configured; over TLS with ``certificates``, else ``--insecure``. The nodes are
+    dedicated (``partition-id`` i), or with ``pool`` pool nodes (no node config). Every process
+    this federation started (by then) is stopped on exit, by PID."""
     if not (BIN / "flower-superlink").exists():
         pytest.skip(f"flower-superlink is not installed beside {sys.executable}")
     home = root / "flwr-home"
@@ -266,7 +302,8 @@ def running_federation(root: Path, *, num_nodes: int, certificates: Certificates
         "PYTHONUNBUFFERED": "1",
     }
     link_port, *node_ports = free_ports(1 + num_nodes)
-    federation = Federation(root, env, link_port, certificates)
+    node_configs = [None if pool else f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)]
+    federation = Federation(root, env, link_port, certificates, node_ports=node_ports, node_configs=node_configs)
     try:
         link_security = certificates.superlink_options() if certificates else ["--insecure"]
         federation.superlink = federation.start(
@@ -283,30 +320,13 @@ def running_federation(root: Path, *, num_nodes: int, certificates: Certificates
             process=federation.superlink,
             log=root / "superlink.log",
         )
-        for partition, port in enumerate(node_ports):
+        for index, port in enumerate(node_ports):
             node = federation.start_supernode(
-                f"supernode-{partition}",
-                *federation.transport_options(),
-                port=port,
-                node_config=f"partition-id={partition} num-partitions={num_nodes}",
+                f"supernode-{index}", *federation.transport_options(), port=port, node_config=node_configs[index]
             )
             federation.supernodes.append(node)
-        for partition, (node, port) in enumerate(zip(federation.supernodes, node_ports, strict=True)):
-            log = root / f"supernode-{partition}.log"
-            wait_until(
-                lambda port=port: accepts_connections(port),
-                timeout=STARTUP_TIMEOUT,
-                what=f"SuperNode {partition}",
-                process=node,
-                log=log,
-            )
-            wait_until(
-                lambda log=log: "SuperNode ID" in log.read_text(errors="replace"),
-                timeout=STARTUP_TIMEOUT,
-                what=f"SuperNode {partition} joining the SuperLink",
-                process=node,
-                log=log,
-            )
+        for index in range(num_nodes):
+            federation.wait_joined(index)
         # root-certificates must be an absolute path (flwr rejects relative ones)
         security = f'root-certificates = "{certificates.ca.resolve()}"' if certificates else "insecure = true"
         (home / "config.toml").write_text(
