@@ -19,9 +19,13 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import fedshield  # noqa: F401  (sets the no-network environment switches first)
 from fedshield.config import CONFIG_DIR as _CONFIG_PATH
+
+if TYPE_CHECKING:
+    from fedshield.experiment import Experiment
 
 CONFIG_DIR = str(_CONFIG_PATH)
 USAGE_ERROR = 2  # exit status of a refused command (argparse's convention)
@@ -66,7 +70,8 @@ SUBCOMMANDS = {"resume": _resume, "certify": _certify, "report": _report}
 _RUN_FLAGS = {"-m", "--multirun"}
 
 
-def _run_main() -> None:
+def _run_main(checked: Experiment | None = None) -> None:
+    """The Hydra app; ``checked``, the preflight's build of a single run, lends the run its data."""
     import hydra
     from omegaconf import DictConfig
 
@@ -75,22 +80,26 @@ def _run_main() -> None:
         from fedshield.run import run
 
         with user_errors():
-            summary = run(cfg)
+            summary = run(cfg, checked=checked)
         _print_summary(summary, str(cfg.output_dir))
 
     _main()
 
 
-def _check_run_command(argv: list[str]) -> None:
-    """Refuse a bad run before Hydra creates its folder; route ``resume=true`` to resume."""
-    from fedshield.config.preflight import check_runs
+def _check_run_command(argv: list[str]) -> Experiment | None:
+    """Refuse a bad run before Hydra creates its folder; route ``resume=true`` to resume.
+    Returns the built experiment of a single run (None for a sweep)."""
+    from fedshield.config.preflight import check_run, check_runs
     from fedshield.resume import asks_for_resume, resume_in_place
 
     overrides = [item for item in argv if item not in _RUN_FLAGS]
     if asks_for_resume(overrides):
         _print_summary(*resume_in_place(overrides))  # without Hydra writing .hydra/ into the folder
         raise SystemExit(0)
-    check_runs(overrides, multirun=len(overrides) < len(argv))
+    if len(overrides) < len(argv):
+        check_runs(overrides, multirun=True)
+        return None
+    return check_run(overrides)
 
 
 def _print_summary(summary: dict, output_dir: str) -> None:
@@ -119,10 +128,11 @@ def main() -> None:
         with user_errors():
             SUBCOMMANDS[argv[0]](argv[1:])
         return
+    checked = None
     if all(item in _RUN_FLAGS or not item.startswith("-") for item in argv):
         with user_errors():
-            _check_run_command(argv)
-    _run_main()
+            checked = _check_run_command(argv)
+    _run_main(checked)
 
 
 if __name__ == "__main__":

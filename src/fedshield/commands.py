@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from fedshield.certify import TopVotes
 from fedshield.config import ConfigError
 from fedshield.config.build import selected_jobs
 from fedshield.config.run_folder import load_run_config
+from fedshield.config.user_errors import field_first, named_field
 from fedshield.data import make_user_ids
 from fedshield.ensembles import Ensemble
 from fedshield.report import main as report_main
@@ -39,10 +39,10 @@ def _make_ensemble(cfg: DictConfig, source: str) -> Ensemble:
         ensemble = instantiate(cfg.ensemble)
     except Exception as error:  # Hydra wraps the ensemble's own GroupingError in its own error
         cause = str(error.__cause__ if error.__cause__ is not None else error)
-        # The ensembles' own messages start with the field: "ensemble.alpha must be ..." becomes
-        # "ensemble.alpha: must be ...", the shape of every ConfigError.
-        field = re.match(r"(ensemble\.\w+):? (.*)", cause)
-        raise ConfigError(f"{field[1]}: {field[2]}" if field else f"{source}: {cause}") from error
+        # The ensembles' own messages start with their field ("ensemble.alpha must be ...").
+        field = named_field(cause)
+        named = field is not None and field.startswith("ensemble.")
+        raise ConfigError(field_first(cause) if named else f"{source}: {cause}") from error
     if not isinstance(ensemble, Ensemble):
         raise ConfigError(f"{source}: ensemble must be a fedshield ensemble; got {type(ensemble).__name__}")
     return ensemble

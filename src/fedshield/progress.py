@@ -16,7 +16,10 @@ PLAIN_EVERY_SECONDS = 10.0
 
 class JobProgress:
     def __init__(self, *, total_jobs: int, done: int, rounds: int, interactive: bool | None = None) -> None:
-        self.total_jobs, self.jobs_done, self.rounds, self.round = total_jobs, done, rounds, 0
+        self.total_jobs, self.jobs_done = total_jobs, done
+        # Rounds counted over all jobs (jobs may train side by side, each at its own round): a
+        # finished job counts all its rounds.
+        self.total_rounds, self.rounds_done = total_jobs * rounds, done * rounds
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._started = time.monotonic()
         self._last_line = -float("inf")
@@ -29,7 +32,9 @@ class JobProgress:
             disable=not self.interactive,
         )
         self._jobs = self._progress.add_task("FL jobs", total=total_jobs, completed=done)
-        self._rounds = self._progress.add_task("rounds (current wave)", total=rounds, visible=total_jobs > 0)
+        self._rounds = self._progress.add_task(
+            "rounds (all jobs)", total=self.total_rounds, completed=self.rounds_done, visible=total_jobs > 0
+        )
 
     def __enter__(self) -> JobProgress:
         self._progress.start()
@@ -44,9 +49,10 @@ class JobProgress:
         self._progress.advance(self._jobs)
         self._plain()
 
-    def round_done(self, server_round: int) -> None:
-        self.round = server_round
-        self._progress.update(self._rounds, completed=server_round)
+    def round_done(self, job_id: int, server_round: int) -> None:
+        """Job ``job_id`` finished round ``server_round`` (an :data:`~fedshield.engines.base.OnRound`)."""
+        self.rounds_done += 1
+        self._progress.advance(self._rounds)
         self._plain()
 
     def _plain(self, *, force: bool = False) -> None:
@@ -55,10 +61,10 @@ class JobProgress:
             return
         self._last_line = now
         logger.info(
-            "progress: %d/%d jobs done, round %d/%d of the current wave, %.0f s",
+            "progress: %d/%d jobs done, %d/%d rounds over all jobs, %.0f s",
             self.jobs_done,
             self.total_jobs,
-            self.round,
-            self.rounds,
+            self.rounds_done,
+            self.total_rounds,
             now - self._started,
         )

@@ -334,13 +334,14 @@ def run_summary(cfg: DictConfig, experiment: Experiment, engine: Engine, finishe
     }
 
 
-def run(cfg: DictConfig, *, engine: Engine | None = None) -> dict:
-    """Run the configured job end to end and write every result file; return the summary."""
+def run(cfg: DictConfig, *, engine: Engine | None = None, checked: Experiment | None = None) -> dict:
+    """Run the configured job end to end and write every result file; return the summary.
+    ``checked``: the experiment the CLI's preflight built for this run; its data is reused."""
     started = time.perf_counter()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB migrations, every run
     configure_torch(threads=1)
     cfg = with_absolute_paths(cfg)  # before build_experiment serializes it for the workers
-    experiment = build_experiment(cfg)
+    experiment = build_experiment(cfg, loaded_by=checked)
     output_dir = Path(str(cfg.output_dir))
     store = CheckpointStore(output_dir / "jobs", digest=config_digest(cfg))
     kept: dict[int, FinishedJob] = {}

@@ -17,7 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from fedshield.config.build import ConfigError, build_experiment
 from fedshield.config.compose import compose_config
+from fedshield.config.paths import with_absolute_paths
 from fedshield.errors import UserError
+from fedshield.experiment import Experiment
 
 # output_dir of a run being checked: resolved into the config, never created.
 _UNWRITTEN_OUTPUT = Path(tempfile.gettempdir()) / "fedshield-preflight-never-written"
@@ -44,12 +46,19 @@ def check_runs(overrides: Sequence[str], *, multirun: bool = False) -> int:
     """Build every run of the command; raise the first user error. Returns how many were checked."""
     runs = sweep_runs(overrides) if multirun else [list(overrides)]
     for run in runs:
-        named = any(item.split("=", 1)[0].lstrip("+~") == "output_dir" for item in run)
-        cfg = compose_config(run, output_dir=None if named else _UNWRITTEN_OUTPUT)
-        try:
-            build_experiment(cfg, log_warnings=False)  # the run itself warns, once
-        except UserError:
-            raise
-        except ValueError as error:  # a domain check (ensemble, attack, FLIP) refusing a setting
-            raise ConfigError(str(error)) from error
+        check_run(run)
     return len(runs)
+
+
+def check_run(overrides: Sequence[str]) -> Experiment:
+    """Build one run; raise its user error. The experiment it returns serves only to hand its
+    loaded data to the run (``run(cfg, checked=...)``): its output_dir is not the run's."""
+    named = any(item.split("=", 1)[0].lstrip("+~") == "output_dir" for item in overrides)
+    # Paths made absolute as run() makes them, so the data is read from where the run reads it.
+    cfg = with_absolute_paths(compose_config(overrides, output_dir=None if named else _UNWRITTEN_OUTPUT))
+    try:
+        return build_experiment(cfg, log_warnings=False)  # the run itself warns, once
+    except UserError:
+        raise
+    except ValueError as error:  # a domain check (ensemble, attack, FLIP) refusing a setting
+        raise ConfigError(str(error)) from error

@@ -20,11 +20,16 @@ from fedshield.errors import UserError
 
 _HYDRA_USER_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException)
 
+# A domain check's message that starts with its field: "<dotted.field>[ (aside)] <verb> ...".
+_FIELD_THEN_VERB = re.compile(r"^([a-z_][\w.]*)( \([^)]*\))? (must|names|needs) ")
+# The CLI's shape: "<dotted.field>: <what is wrong>".
+_FIELD_COLON = re.compile(r"^([a-z_][\w.]*): ")
+
 
 def describe_user_error(error: BaseException) -> str | None:
     """``"<field>: <what is wrong>"`` when ``error`` is a user's mistake, else None."""
     if isinstance(error, UserError):
-        return _field_first(_one_line(str(error)))
+        return field_first(_one_line(str(error)))
     if isinstance(error, MissingConfigException):
         return _missing_option(str(error))
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)) and getattr(error, "full_key", None):
@@ -51,16 +56,23 @@ def _instantiation(error: InstantiationException) -> str | None:
     key = re.search(r"full_key:\s*(\S+)", str(error))
     target = re.search(r"target '([\w.]+)'", str(error))
     what = f"{target.group(1).rsplit('.', 1)[-1]}: " if target else ""
-    message = _field_first(_one_line(str(cause)))
+    message = field_first(_one_line(str(cause)))
     field = key.group(1) if key else "config"
     if message.startswith(f"{field}."):  # the target named its own field
         return message
     return f"{field}: {what}{message}"
 
 
-def _field_first(message: str) -> str:
+def field_first(message: str) -> str:
     """``"num_rounds must be >= 1"`` -> ``"num_rounds: must be >= 1"`` (the CLI's shape)."""
-    return re.sub(r"^([a-z_][\w.]*)( \([^)]*\))? (must|names|needs) ", r"\1:\2 \3 ", message)
+    return _FIELD_THEN_VERB.sub(r"\1:\2 \3 ", message)
+
+
+def named_field(message: str) -> str | None:
+    """The dotted field a message names first (``"ensemble.alpha must be ..."`` or
+    ``"ensemble.alpha: ..."``), else None."""
+    shaped = _FIELD_COLON.match(field_first(message))
+    return shaped[1] if shaped else None
 
 
 def _missing_option(text: str) -> str:

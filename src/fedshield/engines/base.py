@@ -29,12 +29,13 @@ class FinishedJob:
 
 
 OnJobDone = Callable[[FinishedJob], None]
-OnRound = Callable[[int], None]
+# Called with (job_id, server_round) once each job finishes each round.
+OnRound = Callable[[int, int], None]
 
 
 class Engine(Protocol):
     """Trains jobs; ``on_job_done`` is called in the caller's process as each job finishes,
-    ``on_progress`` after each round with the round's number."""
+    ``on_progress`` there too, with (job ID, round) as each job finishes each round."""
 
     name: str
     # Which client-training path the last train() took and why (summary.json), or None when the

@@ -4,7 +4,8 @@ It is a second *driver*, not a second implementation: every round goes through
 :func:`fedshield.server.protocol.run_round` with a transport that calls
 :mod:`fedshield.client.work` in-process. Each worker runs whole jobs, one torch thread each
 (measured here: two such workers are about twice as fast as one process with two threads),
-and the parent checkpoints every job as soon as it finishes.
+and the parent checkpoints every job as soon as it finishes. Workers send each finished
+job-round to the parent over a queue, so progress shows round by round there too.
 
 ``engine.batch_clients`` (``auto``, ``true``, ``false``): for a model made of Linear layers and
 ReLUs (logistic regression, the MLP), the honest clients of a round train together over
@@ -19,7 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.queues import SimpleQueue
 
 from fedshield.client.batched import LinearStack, chunk_size_for, linear_stack, train_clients_batched
 from fedshield.client.work import craft_step, train_step
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 # Jobs that advance in lockstep in one worker when clients are batched: enough clients per
 # round to fill the chunks; a killed run loses at most the waves in flight.
 GROUPS_PER_WAVE = 50
+
+# How often the parent collects the workers' finished rounds while it waits for jobs.
+PROGRESS_POLL_SECONDS = 0.2
 
 
 class InProcessTransport:
@@ -123,16 +129,68 @@ def train_wave(
     return [FinishedJob(s.job.job_id, s.params, s.history, s.predictions) for s in states]
 
 
-def _worker_init() -> None:
+# A worker's queue of finished (job_id, server_round) to the parent; set by _worker_init.
+_rounds_to_parent: SimpleQueue | None = None
+
+
+def _worker_init(rounds_to_parent: SimpleQueue) -> None:
+    global _rounds_to_parent
+    _rounds_to_parent = rounds_to_parent
     configure_torch(threads=1)
 
 
+def _report_round(job_id: int, server_round: int) -> None:
+    # SimpleQueue.put writes to the pipe before it returns: the parent can read a job's rounds
+    # as soon as it sees the job's result.
+    assert _rounds_to_parent is not None  # set by _worker_init
+    _rounds_to_parent.put((job_id, server_round))
+
+
 def _worker_train(config_yaml: str, job: JobSpec) -> FinishedJob:
-    return train_one_job(experiment_from_yaml(config_yaml), job)
+    return train_one_job(experiment_from_yaml(config_yaml), job, _report_round)
 
 
 def _worker_train_wave(config_yaml: str, jobs: list[JobSpec], batch_clients: bool | str) -> list[FinishedJob]:
-    return train_wave(experiment_from_yaml(config_yaml), jobs, batch_clients)
+    return train_wave(experiment_from_yaml(config_yaml), jobs, batch_clients, _report_round)
+
+
+def run_in_workers(
+    workers: int,
+    calls: Iterable[tuple[Callable, tuple]],
+    *,
+    on_result: Callable,
+    on_progress: OnRound | None,
+) -> None:
+    """Each ``(function, args)`` in a pool of spawned workers; ``on_result`` with each result and
+    ``on_progress`` with each round the workers report, both in this process and thread, a
+    job's rounds before its result. On any error (a worker crash, an exception from a callback,
+    KeyboardInterrupt) the pending calls are cancelled and the workers stopped, not waited for."""
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    rounds: SimpleQueue = context.SimpleQueue()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(rounds,))
+    pending: set[Future] = set()
+    try:
+        pending = {pool.submit(function, *args) for function, args in calls}
+        while pending:
+            done, pending = wait(pending, timeout=PROGRESS_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            # Rounds first: a finished job's rounds are in the queue before its result arrives.
+            while not rounds.empty():
+                job_id, server_round = rounds.get()
+                if on_progress is not None:
+                    on_progress(job_id, server_round)
+            for future in done:
+                on_result(future.result())
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        # Jobs in flight would otherwise run to their end (minutes) before shutdown returns; the
+        # pool sees its workers gone and its manager thread ends.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        rounds.close()
 
 
 def check_batch_clients(value: object) -> bool | str:
@@ -173,11 +231,12 @@ class LocalEngine:
             for job in jobs:  # in this process: report each round
                 on_job_done(train_one_job(experiment, job, on_progress))
             return
-        context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = [pool.submit(_worker_train, experiment.config_yaml, job) for job in jobs]
-            for future in as_completed(futures):
-                on_job_done(future.result())
+        run_in_workers(
+            self.workers,
+            [(_worker_train, (experiment.config_yaml, job)) for job in jobs],
+            on_result=on_job_done,
+            on_progress=on_progress,
+        )
 
     def _train_waves(
         self, experiment: Experiment, jobs: list[JobSpec], *, on_job_done: OnJobDone, on_progress: OnRound | None
@@ -189,11 +248,14 @@ class LocalEngine:
                 for finished in train_wave(experiment, wave, self.batch_clients, on_progress):
                     on_job_done(finished)
             return
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = [
-                pool.submit(_worker_train_wave, experiment.config_yaml, wave, self.batch_clients) for wave in waves
-            ]
-            for future in as_completed(futures):
-                for finished in future.result():
-                    on_job_done(finished)
+
+        def on_wave_done(finished_jobs: list[FinishedJob]) -> None:
+            for finished in finished_jobs:
+                on_job_done(finished)
+
+        run_in_workers(
+            self.workers,
+            [(_worker_train_wave, (experiment.config_yaml, wave, self.batch_clients)) for wave in waves],
+            on_result=on_wave_done,
+            on_progress=on_progress,
+        )

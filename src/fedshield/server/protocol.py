@@ -184,14 +184,16 @@ def run_jobs(
     jobs: list[JobSpec],
     transport: Transport,
     *,
-    on_round: Callable[[int], None] | None = None,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> list[JobState]:
-    """Train ``jobs`` side by side for ``num_rounds`` rounds; return their final states."""
+    """Train ``jobs`` side by side for ``num_rounds`` rounds; return their final states.
+    ``on_round(job_id, server_round)`` follows each job's every round."""
     states = start_jobs(experiment, jobs)
     for server_round in range(1, experiment.num_rounds + 1):
         run_round(experiment, states, server_round, transport)
         if on_round is not None:
-            on_round(server_round)
+            for state in states:
+                on_round(state.job.job_id, server_round)
     return states
 
 
