@@ -273,6 +273,19 @@ class Federation:
             status = self.status(run_id)
         assert status == "finished:completed", f"run {run_id} {status}\n{self.server_log(run_id)[-4000:]}"
 
+    def submit_and_kill_after_its_reply(self, victim: int, overrides: list[str], output_dir: Path) -> int:
+        """Submit a run; SIGKILL SuperNode ``victim`` as soon as its first train reply of the run is
+        on the SuperLink (its round-1 reply). Returns the run ID."""
+        replies_before = self.train_replies_sent(victim)
+        run_id = self.submit(overrides, output_dir)
+        wait_until(
+            lambda: self.train_replies_sent(victim) > replies_before,
+            timeout=RUN_TIMEOUT,
+            what=f"SuperNode {victim}'s round-1 reply",
+        )
+        self.kill_node(victim)
+        return run_id
+
     def kill_node(self, partition: int) -> None:
         """SIGKILL a SuperNode with its SuperExec and ClientApps: no goodbye to the SuperLink."""
         node = self.supernodes[partition]

@@ -20,13 +20,11 @@ from fedshield.server.protocol import run_jobs
 from fedshield.task.determinism import configure_torch
 from flower_processes import (
     NUM_NODES,
-    RUN_TIMEOUT,
     TINY,
     Federation,
     digest,
     running_federation,
     summary_accuracy,
-    wait_until,
 )
 from helpers import LOCAL_PER_CLIENT, job_params
 
@@ -80,16 +78,9 @@ def test_supernode_killed_mid_run_leaves_its_replies_missing_and_the_run_finishe
     # Prepare
     victim = NUM_NODES - 1
     output_dir = tmp_path / "federation"
-    replies_before = federation.train_replies_sent(victim)
 
     # Execute: kill the victim as soon as its round-1 reply is on the SuperLink
-    run_id = federation.submit(TINY, output_dir)
-    wait_until(
-        lambda: federation.train_replies_sent(victim) > replies_before,
-        timeout=RUN_TIMEOUT,
-        what=f"SuperNode {victim}'s round-1 reply",
-    )
-    federation.kill_node(victim)
+    run_id = federation.submit_and_kill_after_its_reply(victim, TINY, output_dir)
     federation.wait(run_id)
 
     # Assert: round 2 aggregated the replies that came, and is what it would be had the victim not been sampled

@@ -15,7 +15,7 @@ import torch
 
 from fedshield.config import compose_config
 from fedshield.run import run
-from flower_processes import RUN_TIMEOUT, Federation, running_federation, wait_until
+from flower_processes import RUN_TIMEOUT, Federation, running_federation
 from helpers import LOCAL_PER_CLIENT, job_params
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
@@ -74,16 +74,9 @@ def test_a_killed_pool_supernode_restarted_mid_run_rejoins_and_later_rounds_get_
     # Prepare
     victim = NUM_NODES - 1
     overrides = [*POOL, "num_rounds=4", "engine=flower", f"engine.min_nodes={NUM_NODES}"]
-    sent_before = pool_federation.train_replies_sent(victim)
 
     # Execute: kill the victim once it has sent its round-1 reply, then start it again
-    run_id = pool_federation.submit(overrides, tmp_path / "churn")
-    wait_until(
-        lambda: pool_federation.train_replies_sent(victim) > sent_before,
-        timeout=RUN_TIMEOUT,
-        what=f"SuperNode {victim}'s round-1 reply",
-    )
-    pool_federation.kill_node(victim)
+    run_id = pool_federation.submit_and_kill_after_its_reply(victim, overrides, tmp_path / "churn")
     pool_federation.restart_node(victim)
     sent_by_restarted = pool_federation.train_replies_sent(victim)
     pool_federation.wait(run_id, timeout=2 * RUN_TIMEOUT)
