@@ -40,11 +40,14 @@ def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["logistic", "mlp"])
-def test_batched_groups_match_the_per_client_path_within_tolerance(tmp_path, model):
-    # Prepare: momentum and weight decay on, so every term of the SGD step is exercised; torch
-    # set up as every run sets it (one thread, deterministic kernels), whatever ran before.
+@pytest.mark.parametrize("optimizer", ["momentum_and_decay", "plain"])
+def test_batched_groups_match_the_per_client_path_within_tolerance(tmp_path, model, optimizer):
+    # Prepare: momentum and weight decay on, so every term of the SGD step is exercised, or
+    # plain SGD (the fused in-place update); torch set up as every run sets it (one thread,
+    # deterministic kernels), whatever ran before.
     configure_torch(threads=1)
-    cfg = tiny_config(tmp_path, *ENSEMBLE, f"model={model}", "client.momentum=0.9", "client.weight_decay=0.001")
+    sgd = ["client.momentum=0.9", "client.weight_decay=0.001"] if optimizer == "momentum_and_decay" else []
+    cfg = tiny_config(tmp_path, *ENSEMBLE, f"model={model}", *sgd)
     experiment = build_experiment(cfg)
 
     # Execute
