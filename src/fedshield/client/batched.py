@@ -161,8 +161,8 @@ def _train_chunk(
             for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
                 _sgd_step(param, grad, buffers, i, config)
         total_loss += step_losses
-    trained = torch.cat([t.reshape(len(requests), -1) for t in params], dim=1)
-    updates = trained.to(global_params.device) - global_params  # rows are the replies' updates
+    trained = torch.cat([t.reshape(len(requests), -1) for t in params], dim=1).to(global_params.device)
+    updates = trained.sub_(global_params)  # in place: one fresh (C, P) block per chunk; rows are the updates
     losses = (total_loss / config.local_steps).tolist()
     return [ClientReply(updates[i], pool.rows[r.user_id][1], losses[i]) for i, r in enumerate(requests)]
 
