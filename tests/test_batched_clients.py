@@ -113,6 +113,7 @@ def test_cnn_falls_back_to_the_per_client_path_with_auto(tmp_path, caplog):
 
     assert auto["client_training"]["path"] == "per-client"
     assert "MnistCNN" in auto["client_training"]["reason"]
+    assert "no batched form for convolutions" in auto["client_training"]["reason"]  # says why
     assert sum("per-client clients" in record.getMessage() for record in caplog.records) == 1
     assert torch.equal(job_params(tmp_path / "auto"), job_params(tmp_path / "per_client"))
 
