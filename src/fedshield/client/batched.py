@@ -143,12 +143,12 @@ def _train_chunk(
 ) -> list[ClientReply]:
     config = experiment.training
     xs, ys = pool.batches(requests, config)
-    global_params = torch.stack([request.global_params for request in requests])
-    flat = global_params.to(device=experiment.device, dtype=experiment.dtype)
-    # Each layer's stack a dense (C, out, in) copy, trained in place; ``global_params`` stays.
+    # One (C, P) copy of the clients' starting parameters, trained in place through per-layer
+    # views; the trained block minus each client's start is then its update (no other copy).
+    flat = torch.stack([request.global_params for request in requests]).to(
+        device=experiment.device, dtype=experiment.dtype
+    )
     weights, biases = _layer_views(flat, stack)
-    weights = [w.clone(memory_format=torch.contiguous_format) for w in weights]
-    biases = [b.clone(memory_format=torch.contiguous_format) if b is not None else None for b in biases]
     fused = config.momentum == 0 and config.weight_decay == 0
     params = [t for pair in zip(weights, biases, strict=True) for t in pair if t is not None]
     buffers: list[torch.Tensor | None] = [None] * len(params)
@@ -161,8 +161,9 @@ def _train_chunk(
             for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
                 _sgd_step(param, grad, buffers, i, config)
         total_loss += step_losses
-    trained = torch.cat([t.reshape(len(requests), -1) for t in params], dim=1).to(global_params.device)
-    updates = trained.sub_(global_params)  # in place: one fresh (C, P) block per chunk; rows are the updates
+    updates = flat.to(requests[0].global_params.device)
+    for row, request in zip(updates, requests, strict=True):
+        row.sub_(request.global_params)
     losses = (total_loss / config.local_steps).tolist()
     return [ClientReply(updates[i], pool.rows[r.user_id][1], losses[i]) for i, r in enumerate(requests)]
 
