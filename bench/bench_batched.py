@@ -7,11 +7,12 @@ config (n = 1,000, N = 500, 30 rounds; about 10 minutes per path and model here)
 Config: Fang non-IID q = 0.5, every client each round, E = 5 local steps of batch 8, the MLP
 784-128-10 and logistic regression, one process with one torch thread (``engine.workers=1``),
 ``eval_every=0``. For each model both paths run the whole pipeline (``fedshield.run.run``); the
-training phase (``LocalEngine.train``) is timed, wall and CPU. Printed per model: seconds, the
-ratio, the chunk size, the matmul FLOPs of local SGD (forward 2BIO per layer, backward 2BIO for
+training phase (``LocalEngine.train``) and the whole run are timed, wall and CPU. Printed per
+model: seconds, the ratio, the chunk size, the matmul FLOPs of local SGD (forward 2BIO per layer, backward 2BIO for
 the weight gradient plus 2BIO for the input gradient except at the first layer), achieved
-GFLOP/s, their ratio to this process's single-thread SGEMM rate (1024^3 ``torch.mm``, measured
-in this run), CA@0/5/10/20/50 of both paths, the worst relative L2 distance of a group's
+GFLOP/s, their ratio to this process's single-thread SGEMM rate (1024^3 ``torch.mm``, best
+of a measurement before and after the runs), the training time over the FLOP bound (those
+FLOPs at that rate), CA@0/5/10/20/50 of both paths, the worst relative L2 distance of a group's
 parameters and the share of equal predictions. ``--sweep`` also times one round of all clients
 through :func:`train_clients_batched` at chunk sizes 1..256 (how the chunk size was chosen).
 """
@@ -126,19 +127,39 @@ def compare(args: argparse.Namespace, model: str, sgemm: float) -> dict:
             [*overrides(args, model), f"engine.batch_clients={setting}"], output_dir=OUTPUT_DIR / f"{model}-{path}"
         )
         engine = TimedEngine(LocalEngine(workers=1, batch_clients=setting))
+        wall, cpu = time.perf_counter(), time.process_time()
         summary = run(cfg, engine=engine)
-        results[path] = {"wall": engine.wall, "cpu": engine.cpu, "summary": summary, "dir": Path(str(cfg.output_dir))}
+        results[path] = {
+            "wall": engine.wall,
+            "cpu": engine.cpu,
+            "run_wall": time.perf_counter() - wall,
+            "run_cpu": time.process_time() - cpu,
+            "summary": summary,
+            "dir": Path(str(cfg.output_dir)),
+        }
     experiment = build_experiment(compose_config(overrides(args, model), output_dir=OUTPUT_DIR / "flops"))
     flops = sgd_flops(experiment)
+    sgemm = max(sgemm, sgemm_gflops())  # the machine's best rate, before or after (it is shared)
     one, two = results["per-client"], results["batched"]
     print(f"\n{model}: {len(experiment.jobs)} groups, {args.clients} clients, {args.rounds} rounds")
-    print(f"  SGD matmul work: {flops / 1e9:.1f} GFLOP; single-thread SGEMM {sgemm:.1f} GFLOP/s (this run)")
+    print(f"  SGD matmul work: {flops / 1e9:.1f} GFLOP; single-thread SGEMM {sgemm:.1f} GFLOP/s (best before/after)")
+    bound = flops / (sgemm * 1e9)
+    stack = linear_stack(experiment.new_model())
+    assert stack is not None
+    # Each group's one pass over the test set (the votes), which the training phase also does.
+    eval_flops = len(experiment.jobs) * len(experiment.test) * sum(2 * out * inp for out, inp, _ in stack.layers)
+    print(
+        f"  FLOP bound (SGD matmuls at the SGEMM rate): {bound:.2f} s; with each group's test-set pass "
+        f"({eval_flops / 1e9:.1f} GFLOP more): {(flops + eval_flops) / (sgemm * 1e9):.2f} s"
+    )
     for path, result in results.items():
         rate = flops / result["cpu"] / 1e9
         chunk = result["summary"]["client_training"].get("chunk_size")
         print(
             f"  {path:10s}: training {result['wall']:7.2f} s wall, {result['cpu']:7.2f} s CPU, chunk {chunk}, "
-            f"{rate:5.2f} GFLOP/s (CPU), {rate / sgemm:.3f} of SGEMM"
+            f"{rate:5.2f} GFLOP/s (CPU), {rate / sgemm:.3f} of SGEMM; "
+            f"{result['wall'] / bound:.1f}x (wall) / {result['cpu'] / bound:.1f}x (CPU) the FLOP bound; "
+            f"whole run {result['run_wall']:.2f} s wall, {result['run_cpu']:.2f} s CPU"
         )
     print(f"  ratio per-client / batched: {one['wall'] / two['wall']:.2f}x wall, {one['cpu'] / two['cpu']:.2f}x CPU")
     for path, result in results.items():
@@ -156,7 +177,12 @@ def compare(args: argparse.Namespace, model: str, sgemm: float) -> dict:
     )
     agree = float(np.mean(np.load(one["dir"] / "predictions.npy") == np.load(two["dir"] / "predictions.npy")))
     print(f"  groups: worst relative L2 distance {worst:.2e}; equal predictions {agree:.5f}")
-    return {"ratio_wall": one["wall"] / two["wall"], "ratio_cpu": one["cpu"] / two["cpu"]}
+    return {
+        "ratio_wall": one["wall"] / two["wall"],
+        "ratio_cpu": one["cpu"] / two["cpu"],
+        "batched_cpu_over_flop_bound": two["cpu"] / bound,
+        "batched_wall_over_flop_bound": two["wall"] / bound,
+    }
 
 
 def main() -> None:

@@ -40,11 +40,14 @@ def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["logistic", "mlp"])
-def test_batched_groups_match_the_per_client_path_within_tolerance(tmp_path, model):
-    # Prepare: momentum and weight decay on, so every term of the SGD step is exercised; torch
-    # set up as every run sets it (one thread, deterministic kernels), whatever ran before.
+@pytest.mark.parametrize("optimizer", ["momentum_and_decay", "plain"])
+def test_batched_groups_match_the_per_client_path_within_tolerance(tmp_path, model, optimizer):
+    # Prepare: momentum and weight decay on, so every term of the SGD step is exercised, or
+    # plain SGD (the fused in-place update); torch set up as every run sets it (one thread,
+    # deterministic kernels), whatever ran before.
     configure_torch(threads=1)
-    cfg = tiny_config(tmp_path, *ENSEMBLE, f"model={model}", "client.momentum=0.9", "client.weight_decay=0.001")
+    sgd = ["client.momentum=0.9", "client.weight_decay=0.001"] if optimizer == "momentum_and_decay" else []
+    cfg = tiny_config(tmp_path, *ENSEMBLE, f"model={model}", *sgd)
     experiment = build_experiment(cfg)
 
     # Execute
@@ -110,6 +113,7 @@ def test_cnn_falls_back_to_the_per_client_path_with_auto(tmp_path, caplog):
 
     assert auto["client_training"]["path"] == "per-client"
     assert "MnistCNN" in auto["client_training"]["reason"]
+    assert "no batched form for convolutions" in auto["client_training"]["reason"]  # says why
     assert sum("per-client clients" in record.getMessage() for record in caplog.records) == 1
     assert torch.equal(job_params(tmp_path / "auto"), job_params(tmp_path / "per_client"))
 

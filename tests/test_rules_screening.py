@@ -266,3 +266,24 @@ def test_driver_bugs_raise(call, error: type[Exception], message: str) -> None:
     # Execute / Assert
     with pytest.raises(error, match=message):
         call()
+
+
+def test_updates_in_the_working_dtype_near_the_norm_bound_get_the_full_check() -> None:
+    # Prepare: float32 updates (the one-pass path's input) whose max-entry bound sqrt(n) max|x|
+    # exceeds max_norm while the L2 norm does not (kept), one just above it (dropped), and a
+    # non-finite one; norms ||(3, 4, 0, 0)|| = 5 and ||(3, 4.0001, 0, 0)|| > 5.
+    kept = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    above = torch.tensor([3.0, 4.0001, 0.0, 0.0])
+    infinite = torch.tensor([0.0, float("-inf"), 0.0, 0.0])
+
+    # Execute
+    result = screen_updates(
+        [kept, above, infinite], [1, 2, 3], num_params=NUM_PARAMS, dtype=torch.float32, max_norm=5.0
+    )
+
+    # Assert
+    assert result.client_ids == (1,)
+    assert torch.equal(result.updates, kept.unsqueeze(0))
+    assert [client for client, _ in result.rejected] == [2, 3]
+    assert "L2 norm 5.00008 > max_norm=5" in result.rejected[0][1]
+    assert "NaN or inf" in result.rejected[1][1]

@@ -10,10 +10,14 @@ cross-entropy over a batch of B samples is written out by hand:
     g_{l-1} = (g_l W_l) * [z_{l-1} > 0].
 
 The SGD step is ``torch.optim.SGD``'s (dampening 0, no Nesterov): ``d = grad + wd * p``;
-``buf = d`` at the first step, else ``buf = momentum * buf + d``; ``p -= lr * buf``.
+``buf = d`` at the first step, else ``buf = momentum * buf + d``; ``p -= lr * buf``. Plain SGD
+(momentum 0, no weight decay, the default) fuses gradient and step: ``W_l -= lr g_l^T h_{l-1}``
+is one in-place ``baddbmm_``, so the weight gradient is never written out (1.3-1.6x faster
+here at n = 1,000 clients, bench/README.md).
 
 Each client draws its batches with its own generator, by the same :func:`batch_indices` calls as
-:func:`~fedshield.task.training.local_train`, and sees only its own samples; clients are chunked
+:func:`~fedshield.task.training.local_train`, and sees only its own samples (a chunk's batches
+of every step are one index into the call's pooled client samples); clients are chunked
 by their effective batch size ``min(batch_size, n_i)`` so that no padding is needed. The result
 equals the per-client path up to float reassociation (the tolerance is stated and tested in
 tests/test_batched_clients.py). The chunk composition is a pure function of the round's
@@ -90,53 +94,125 @@ def train_clients_batched(
         if effective == 0:
             raise ValueError("a client with no samples cannot train")
         by_batch.setdefault(effective, []).append(position)
+    pool = _ClientPool(experiment, [request.user_id for request in requests])
     replies: list[ClientReply | None] = [None] * len(requests)
     for positions in by_batch.values():
         for start in range(0, len(positions), chunk_size):
             chunk = positions[start : start + chunk_size]
             for position, reply in zip(
-                chunk, _train_chunk(experiment, [requests[p] for p in chunk], stack), strict=True
+                chunk, _train_chunk(experiment, pool, [requests[p] for p in chunk], stack), strict=True
             ):
                 replies[position] = reply
     return [reply for reply in replies if reply is not None]
 
 
-def _client_batches(
-    experiment: Experiment, request: TrainRequest, config: LocalTrainingConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(steps, B, D)`` inputs and ``(steps, B)`` labels: the batches ``local_train`` would draw."""
-    x, y = experiment.client_tensors(request.user_id)
-    generator = torch_generator(derive_seed("client", request.job.seed, request.server_round, request.user_id))
-    index = torch.stack(
-        batch_indices(len(y), batch_size=config.batch_size, num_batches=config.local_steps, generator=generator)
-    ).to(x.device)
-    return x.reshape(len(y), -1)[index], y[index]
+class _ClientPool:
+    """The samples of a call's clients in one ``(rows, D)`` tensor, so that a chunk's batches of
+    every step are one index operation (instead of one gather and one stack per client)."""
+
+    def __init__(self, experiment: Experiment, user_ids: Sequence[int]) -> None:
+        unique = list(dict.fromkeys(user_ids))
+        tensors = [experiment.client_tensors(uid) for uid in unique]
+        self.x = torch.cat([x.reshape(len(y), -1) for x, y in tensors])
+        self.y = torch.cat([y for _, y in tensors])
+        self.rows: dict[int, tuple[int, int]] = {}  # user ID -> (first row, number of rows)
+        first = 0
+        for uid, (_, y) in zip(unique, tensors, strict=True):
+            self.rows[uid] = (first, len(y))
+            first += len(y)
+
+    def batches(
+        self, requests: Sequence[TrainRequest], config: LocalTrainingConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(steps, C, B, D)`` inputs and ``(steps, C, B)`` labels: for each client the batches
+        ``local_train`` draws (same generator, same :func:`batch_indices` calls), from its own rows."""
+        per_client = []
+        for request in requests:
+            first, count = self.rows[request.user_id]
+            seed = derive_seed("client", request.job.seed, request.server_round, request.user_id)
+            steps = batch_indices(
+                count, batch_size=config.batch_size, num_batches=config.local_steps, generator=torch_generator(seed)
+            )
+            per_client.append(torch.stack(steps) + first)
+        index = torch.stack(per_client, dim=1).to(self.x.device)
+        return self.x[index], self.y[index]
 
 
-def _train_chunk(experiment: Experiment, requests: list[TrainRequest], stack: LinearStack) -> list[ClientReply]:
+def _train_chunk(
+    experiment: Experiment, pool: _ClientPool, requests: list[TrainRequest], stack: LinearStack
+) -> list[ClientReply]:
     config = experiment.training
-    batches = [_client_batches(experiment, request, config) for request in requests]
-    xs = torch.stack([bx for bx, _ in batches], dim=1)  # (steps, C, B, D)
-    ys = torch.stack([by for _, by in batches], dim=1)  # (steps, C, B)
-    global_params = torch.stack([request.global_params for request in requests])
-    # One (C, P) block in the flat-vector layout; the layers' weights are views of it, so the
-    # trained block is the clients' parameter vectors with no copy back.
-    flat = global_params.to(device=experiment.device, dtype=experiment.dtype, copy=True)
+    xs, ys = pool.batches(requests, config)
+    # One (C, P) copy of the clients' starting parameters, trained in place through per-layer
+    # views; the trained block minus each client's start is then its update (no other copy).
+    flat = torch.stack([request.global_params for request in requests]).to(
+        device=experiment.device, dtype=experiment.dtype
+    )
     weights, biases = _layer_views(flat, stack)
+    fused = config.momentum == 0 and config.weight_decay == 0
     params = [t for pair in zip(weights, biases, strict=True) for t in pair if t is not None]
     buffers: list[torch.Tensor | None] = [None] * len(params)
-    losses = [0.0] * len(requests)
+    total_loss = torch.zeros(len(requests), dtype=torch.float64, device=flat.device)
     for step in range(config.local_steps):
-        step_losses, grads = _loss_and_grads(weights, biases, xs[step], ys[step])
-        for client, value in enumerate(step_losses.tolist()):
-            losses[client] += value
-        for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-            _sgd_step(param, grad, buffers, i, config)
-    updates = flat.to(global_params.device) - global_params  # rows are the replies' updates
-    return [
-        ClientReply(updates[i], experiment.num_examples(r.user_id), losses[i] / config.local_steps)
-        for i, r in enumerate(requests)
-    ]
+        if fused:
+            step_losses = _plain_sgd_step(weights, biases, xs[step], ys[step], config.learning_rate)
+        else:
+            step_losses, grads = _loss_and_grads(weights, biases, xs[step], ys[step])
+            for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+                _sgd_step(param, grad, buffers, i, config)
+        total_loss += step_losses
+    updates = flat.to(requests[0].global_params.device)
+    for row, request in zip(updates, requests, strict=True):
+        row.sub_(request.global_params)
+    losses = (total_loss / config.local_steps).tolist()
+    return [ClientReply(updates[i], pool.rows[r.user_id][1], losses[i]) for i, r in enumerate(requests)]
+
+
+def _plain_sgd_step(
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    learning_rate: float,
+) -> torch.Tensor:
+    """One step of plain SGD (no momentum, no weight decay) in place; the per-client losses ``(C,)``.
+
+    ``W_l -= lr g_l^T h_{l-1}`` is one ``baddbmm_`` (no gradient tensor, no separate update
+    pass over the weights), after ``g_{l-1}`` has been computed from the old ``W_l``.
+    """
+    inputs, logits = _forward(weights, biases, x)
+    log_probs = torch.log_softmax(logits, dim=2)
+    losses = -log_probs.gather(2, y.unsqueeze(2)).squeeze(2).mean(dim=1)
+    batch = logits.shape[1]
+    g = log_probs.exp_()
+    g.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=g.dtype).unsqueeze(2))
+    g /= batch
+    for layer in range(len(weights) - 1, -1, -1):
+        below = torch.bmm(g, weights[layer]).mul_(inputs[layer] > 0) if layer > 0 else None
+        bias = biases[layer]
+        if bias is not None:
+            bias.sub_(g.sum(dim=1), alpha=learning_rate)
+        weights[layer].baddbmm_(g.transpose(1, 2), inputs[layer], alpha=-learning_rate)
+        if below is not None:
+            g = below
+    return losses
+
+
+def _forward(
+    weights: list[torch.Tensor], biases: list[torch.Tensor | None], x: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The inputs ``h_0 .. h_{L-1}`` of the layers and the logits ``z_L``."""
+    inputs = [x]
+    for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        z = (
+            torch.baddbmm(bias.unsqueeze(1), inputs[-1], weight.transpose(1, 2))
+            if bias is not None
+            else torch.bmm(inputs[-1], weight.transpose(1, 2))
+        )
+        if layer == len(weights) - 1:
+            return inputs, z
+        inputs.append(torch.relu(z))
+    raise ValueError("a linear stack has at least one layer")
 
 
 def _layer_views(flat: torch.Tensor, stack: LinearStack) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
@@ -158,18 +234,7 @@ def _loss_and_grads(
     weights: list[torch.Tensor], biases: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-client mean cross-entropy ``(C,)`` and the gradients, in ``state_dict`` order."""
-    inputs = [x]  # h_0 .. h_{L-1}
-    pre_activations: list[torch.Tensor] = []
-    for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-        z = (
-            torch.baddbmm(bias.unsqueeze(1), inputs[-1], weight.transpose(1, 2))
-            if bias is not None
-            else torch.bmm(inputs[-1], weight.transpose(1, 2))
-        )
-        pre_activations.append(z)
-        if layer < len(weights) - 1:
-            inputs.append(torch.relu(z))
-    logits = pre_activations[-1]
+    inputs, logits = _forward(weights, biases, x)
     num_clients, batch, num_classes = logits.shape
     losses = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="none")
     losses = losses.reshape(num_clients, batch).mean(dim=1)
@@ -181,8 +246,8 @@ def _loss_and_grads(
         if biases[layer] is not None:
             grads.append(g.sum(dim=1))
         grads.append(torch.bmm(g.transpose(1, 2), inputs[layer]))
-        if layer > 0:
-            g = torch.bmm(g, weights[layer]) * (pre_activations[layer - 1] > 0)
+        if layer > 0:  # relu(z) > 0 exactly where z > 0
+            g = torch.bmm(g, weights[layer]) * (inputs[layer] > 0)
     grads.reverse()  # built backwards as (bias, weight) pairs: reversed is (weight, bias) order
     return losses, grads
 

@@ -21,6 +21,7 @@ server update for FLTrust, a client id without a weight) raise instead.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,38 @@ def _screen_one(update: object, *, num_params: int, max_norm: float) -> Tensor |
     return values
 
 
+def _extremes(values: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of a non-empty float tensor; NaN if it holds a NaN (``aminmax`` propagates it)."""
+    smallest, largest = torch.aminmax(values)
+    return float(smallest), float(largest)
+
+
+def _all_finite(values: Tensor) -> bool:
+    """``torch.isfinite(values).all()``, in one ``aminmax`` pass (10x faster on 100k floats here)."""
+    return values.numel() == 0 or all(math.isfinite(v) for v in _extremes(values))
+
+
+def _passes_by_bound(
+    update: Tensor, *, num_params: int, dtype: torch.dtype, device: torch.device, max_norm: float
+) -> bool:
+    """True if ``update`` certainly passes screening unchanged, decided in one pass over it
+    (``aminmax``: 25 us per 100k floats here, where ``isfinite(x).all()`` takes 250 us).
+
+    For a 1-D tensor of the working dtype and device: ``m = max_i |x_i|`` is finite iff every
+    entry is, and ``||x||_2 <= sqrt(n) m``, so ``sqrt(n) m (1 + 1e-6) <= max_norm`` (the margin
+    covers the float64 norm's rounding) means :func:`_screen_one` keeps it, and its conversion
+    to its own dtype is the identity. Anything else (including a norm near the bound) takes
+    the full path, so the decision is the same. Saves a float64 copy, two finiteness passes
+    and a norm per update: 0.5 ms per 100k-weight update, most of the server's time per round
+    at N = 500 (bench/README.md).
+    """
+    if not (update.dtype == dtype and update.device == device and tuple(update.shape) == (num_params,)):
+        return False
+    smallest, largest = _extremes(update.detach())
+    largest = max(-smallest, largest)
+    return math.isfinite(largest) and math.sqrt(num_params) * largest * (1 + 1e-6) <= max_norm
+
+
 def screen_updates(
     updates: Sequence[object],
     client_ids: Sequence[int],
@@ -127,6 +160,12 @@ def screen_updates(
     kept_ids: list[int] = []
     rejected: list[tuple[int, str]] = []
     for identifier, update in zip(identifiers, updates, strict=True):
+        if isinstance(update, Tensor) and _passes_by_bound(
+            update, num_params=num_params, dtype=dtype, device=device, max_norm=max_norm
+        ):
+            kept.append(update.detach())
+            kept_ids.append(identifier)
+            continue
         screened = _screen_one(update, num_params=num_params, max_norm=max_norm)
         if isinstance(screened, Tensor):
             converted = screened.to(device=device, dtype=dtype)
@@ -186,6 +225,6 @@ def aggregate_screened(
         raise AggregationError(f"weights_by_id has no weight for client ids {missing}")
     weights = torch.tensor([float(weights_by_id[identifier]) for identifier in client_ids], dtype=torch.float64)
     aggregate = rule(screen_result.updates, weights=weights, client_ids=client_ids, server_update=server_update)
-    if not bool(torch.isfinite(aggregate).all()):
+    if not _all_finite(aggregate):
         return None, f"{rule.name} returned a non-finite aggregate"
     return aggregate, None

@@ -29,6 +29,15 @@ def triggered_test_set(experiment: Experiment) -> tuple[torch.Tensor, torch.Tens
     return attack.stamp(x), y
 
 
+def _evaluation_model(experiment: Experiment, params: torch.Tensor) -> torch.nn.Module:
+    """``params`` in this thread's reused module when it lives on the server's device: building a
+    fresh module per evaluation took 1.5 ms, 0.75 s of CPU for N = 500 groups (the same forward, so
+    the same logits); a fresh module otherwise."""
+    if experiment.client_device == experiment.device:
+        return experiment.work_model(params)
+    return experiment.model_from_params(params)
+
+
 def evaluate_params(experiment: Experiment, params: torch.Tensor) -> dict[str, float]:
     """Accuracy and loss on the test set; attack success rate when the attack has a trigger.
 
@@ -43,7 +52,7 @@ def evaluate_with_predictions(experiment: Experiment, params: torch.Tensor) -> t
     """:func:`evaluate_params` and the model's predicted test labels (argmax of the logits,
     int64), from the same single pass over the test set: a job's final evaluation gives its votes."""
     x, y = experiment.test_tensors
-    model = experiment.model_from_params(params)
+    model = _evaluation_model(experiment, params)
     logits = predict_logits(model, x)
     predictions = logits.argmax(1).cpu()
     metrics = {
