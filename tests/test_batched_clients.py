@@ -142,6 +142,24 @@ def test_a_job_round_with_an_active_attacker_trains_client_by_client(tmp_path):
             assert _relative_error(one.update, other.update) < RELATIVE_ERROR["logistic"]  # TINY is the logistic model
 
 
+@pytest.mark.slow
+def test_a_round_where_every_job_is_attacked_trains_every_client_one_by_one(tmp_path):
+    # Prepare: a single job, whose sample holds an attacker: nothing is left to batch
+    cfg = tiny_config(tmp_path, "attack=trim", "attack.num_malicious=2", "num_rounds=1", "sample_fraction=1.0")
+    experiment = build_experiment(cfg)
+    states = start_jobs(experiment, list(experiment.jobs))
+    requests = train_requests(states, {s.job.job_id: tuple(s.job.client_ids) for s in states}, 1)
+
+    # Execute
+    batched = new_transport(experiment, "auto").train(requests)
+
+    # Assert
+    per_client = InProcessTransport(experiment).train(requests)
+    assert batched.keys() == per_client.keys()
+    for key, reply in per_client.items():
+        assert reply is not None and torch.equal(reply.update, batched[key].update)  # type: ignore[union-attr]
+
+
 def test_batch_clients_other_than_auto_true_false_is_refused_naming_the_field(tmp_path):
     cfg = tiny_config(tmp_path, "engine=local", "engine.batch_clients=foo")
 

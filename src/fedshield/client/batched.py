@@ -87,6 +87,8 @@ def train_clients_batched(
 
     Requests are grouped by effective batch size and trained ``chunk_size`` at a time.
     """
+    if not requests:  # every job of the round has an active attacker: all go client by client
+        return []
     training = experiment.training
     by_batch: dict[int, list[int]] = {}
     for position, request in enumerate(requests):
