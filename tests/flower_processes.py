@@ -350,3 +350,19 @@ def running_federation(
     finally:
         for process in reversed(federation.started):
             stop(process)
+
+
+def check_tiny_run_equals_the_local_engine(federation: Federation, tmp_path: Path) -> None:
+    """Run TINY on ``federation``, then in-process client by client: both rounds complete, and the
+    job's model is the same bit for bit."""
+    from fedshield.config import compose_config
+    from fedshield.run import run
+    from helpers import LOCAL_PER_CLIENT, job_params
+
+    output_dir = tmp_path / "federation"
+    federation.wait(federation.submit(TINY, output_dir))
+    run(compose_config([*TINY, *LOCAL_PER_CLIENT, "engine.workers=1"], output_dir=tmp_path / "local"))
+    summary_accuracy(output_dir)
+    rounds = json.loads((output_dir / "metrics.json").read_text())["rounds"]
+    assert [(r["round"], r["replies"], r["missing"]) for r in rounds] == [(1, NUM_NODES, 0), (2, NUM_NODES, 0)]
+    assert digest(job_params(output_dir)) == digest(job_params(tmp_path / "local"))

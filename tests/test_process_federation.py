@@ -15,18 +15,18 @@ import pytest
 
 from fedshield.config import build_experiment, compose_config
 from fedshield.engines.local import InProcessTransport
-from fedshield.run import run
 from fedshield.server.protocol import run_jobs
 from fedshield.task.determinism import configure_torch
 from flower_processes import (
     NUM_NODES,
     TINY,
     Federation,
+    check_tiny_run_equals_the_local_engine,
     digest,
     running_federation,
     summary_accuracy,
 )
-from helpers import LOCAL_PER_CLIENT, job_params
+from helpers import job_params
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -39,18 +39,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
 
 
 def test_flwr_run_over_processes_equals_the_local_engine_bit_for_bit(federation, tmp_path):
-    # Prepare
-    output_dir = tmp_path / "federation"
-
-    # Execute
-    federation.wait(federation.submit(TINY, output_dir))
-    run(compose_config([*TINY, *LOCAL_PER_CLIENT, "engine.workers=1"], output_dir=tmp_path / "local"))
-
-    # Assert
-    summary_accuracy(output_dir)
-    rounds = json.loads((output_dir / "metrics.json").read_text())["rounds"]
-    assert [(r["round"], r["replies"], r["missing"]) for r in rounds] == [(1, NUM_NODES, 0), (2, NUM_NODES, 0)]
-    assert digest(job_params(output_dir)) == digest(job_params(tmp_path / "local"))
+    check_tiny_run_equals_the_local_engine(federation, tmp_path)
 
 
 class _Vanishing:

@@ -8,7 +8,6 @@ a SuperNode that talks plain HTTP (--insecure) must not get into the federation.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import ssl
@@ -18,22 +17,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from fedshield.config import compose_config
-from fedshield.run import run
 from flower_processes import (
     HOST,
     NUM_NODES,
     REPO_ROOT,
-    TINY,
     Certificates,
     Federation,
-    digest,
+    check_tiny_run_equals_the_local_engine,
     free_ports,
     running_federation,
     stop,
-    summary_accuracy,
 )
-from helpers import LOCAL_PER_CLIENT, job_params
 
 pytestmark = [
     pytest.mark.flower,
@@ -66,18 +60,7 @@ def test_superlink_serves_tls_with_the_generated_certificate(tls_federation):
 
 
 def test_flwr_run_over_tls_equals_the_local_engine_bit_for_bit(tls_federation, tmp_path):
-    # Prepare
-    output_dir = tmp_path / "federation"
-
-    # Execute
-    tls_federation.wait(tls_federation.submit(TINY, output_dir))
-    run(compose_config([*TINY, *LOCAL_PER_CLIENT, "engine.workers=1"], output_dir=tmp_path / "local"))
-
-    # Assert
-    summary_accuracy(output_dir)
-    rounds = json.loads((output_dir / "metrics.json").read_text())["rounds"]
-    assert [(r["round"], r["replies"], r["missing"]) for r in rounds] == [(1, NUM_NODES, 0), (2, NUM_NODES, 0)]
-    assert digest(job_params(output_dir)) == digest(job_params(tmp_path / "local"))
+    check_tiny_run_equals_the_local_engine(tls_federation, tmp_path)
 
 
 def test_an_insecure_supernode_does_not_join_the_tls_superlink(tls_federation):
