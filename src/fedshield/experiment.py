@@ -103,6 +103,10 @@ class Experiment:
         return self.settings.num_rounds
 
     @functools.cached_property
+    def job_by_id(self) -> dict[int, JobSpec]:
+        return {job.job_id: job for job in self.jobs}
+
+    @functools.cached_property
     def client_device(self) -> torch.device:
         """Where this process trains clients: ``client.device`` resolved here, on first use (so a
         driver without CUDA can run clients on GPU workers)."""

@@ -60,7 +60,7 @@ def _experiment(config: ConfigRecord | MetricRecord) -> Experiment:
 
 def _job(experiment: Experiment, context: Context, job_id: int, user_id: int) -> JobSpec:
     """Job ``job_id``, checking that ``user_id`` is one of its clients and may be served here."""
-    job = {job.job_id: job for job in experiment.jobs}[job_id]
+    job = experiment.job_by_id[job_id]
     partition = partition_id(context)
     if partition is not None and user_id != experiment.federation.user_ids[partition]:
         raise ValueError(

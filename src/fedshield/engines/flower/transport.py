@@ -62,23 +62,16 @@ class FlowerTransport:
     def _exchange(self, messages: dict[int, tuple[Message, list[ReplyKey]]], expected: list[ReplyKey]) -> Replies:
         replies: Replies = {key: None for key in expected}
         sent = [message for message, _ in messages.values()]
-        keys_of: dict[str, list[ReplyKey]] = {}
+        # Message ID -> (node, its tasks' keys); the IDs are set when the messages are pushed.
+        sent_to: dict[str, tuple[int, list[ReplyKey]]] = {}
         for reply in self.grid.send_and_receive(sent, timeout=self.timeout):
-            if not keys_of:  # message IDs are set when the messages are pushed
-                keys_of = {message.metadata.message_id: keys for message, keys in messages.values()}
+            if not sent_to:
+                sent_to = {message.metadata.message_id: (node, keys) for node, (message, keys) in messages.items()}
             if reply.has_error():
                 # A vanished or failing node: Flower's failure handling gives an error reply (from
                 # the SuperLink, so the node is named from the message sent); the round goes on
                 # without its users (logged and counted).
-                node = next(
-                    (
-                        n
-                        for n, (m, _) in messages.items()
-                        if m.metadata.message_id == reply.metadata.reply_to_message_id
-                    ),
-                    reply.metadata.src_node_id,
-                )
-                lost = keys_of.get(reply.metadata.reply_to_message_id, [])
+                node, lost = sent_to.get(reply.metadata.reply_to_message_id, (reply.metadata.src_node_id, []))
                 self.failures += max(1, len(lost))
                 logger.warning("no reply from node %s for %d tasks: %s", node, len(lost), reply.error.reason)
                 if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
