@@ -10,11 +10,12 @@ Config: Fang non-IID q = 0.5, every client each round, E = 5 local steps of batc
 training phase (``LocalEngine.train``) and the whole run are timed, wall and CPU. Printed per
 model: seconds, the ratio, the chunk size, the matmul FLOPs of local SGD (forward 2BIO per layer, backward 2BIO for
 the weight gradient plus 2BIO for the input gradient except at the first layer), achieved
-GFLOP/s, their ratio to this process's single-thread SGEMM rate (1024^3 ``torch.mm``, best
-of a measurement before and after the runs), the training time over the FLOP bound (those
+GFLOP/s, their ratio to this process's single-thread SGEMM rate (1024^3 ``torch.mm``, the best
+of 20 products, measured before, between and after the runs), the training time over the FLOP bound (those
 FLOPs at that rate), CA@0/5/10/20/50 of both paths, the worst relative L2 distance of a group's
 parameters and the share of equal predictions. ``--sweep`` also times one round of all clients
-through :func:`train_clients_batched` at chunk sizes 1..256 (how the chunk size was chosen).
+through :func:`train_clients_batched` at chunk sizes 1..256 (how the chunk size was chosen; the
+direct and the deferred chunks alike). The chunk column reads direct/deferred.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedshield.client.batched import linear_stack, train_clients_batched
+from fedshield.client import batched
+from fedshield.client.batched import defers_first_layer, linear_stack, train_clients_batched
 from fedshield.config import build_experiment, compose_config
 from fedshield.engines.local import LocalEngine
 from fedshield.run import run
@@ -93,7 +95,32 @@ def sgd_flops(experiment) -> int:
     return per_sample * samples
 
 
-def sgemm_gflops(size: int = 1024, repeats: int = 5) -> float:
+def batched_flops(experiment) -> int:
+    """Matmul FLOPs the batched path does: :func:`sgd_flops`, except that a client on the
+    deferred path (:func:`defers_first_layer`) does ``2 (2 m out D + m^2 D + 2 s B m out)`` for
+    its first layer (``X W_0^T``, the final ``A^T X``, the Gram matrix, the steps' corrections)."""
+    stack = linear_stack(experiment.new_model())
+    assert stack is not None
+    training = experiment.training
+    plain = training.momentum == 0 and training.weight_decay == 0
+    (out, inp, _), later = stack.layers[0], stack.layers[1:]
+    later_per_sample = sum(2 * o * i * 3 for o, i, _ in later)
+    total = 0
+    for job in experiment.jobs:
+        for server_round in range(1, experiment.num_rounds + 1):
+            for uid in sample_clients(job, server_round, num_sampled=experiment.num_sampled(job)):
+                m = experiment.num_examples(uid)
+                batch = min(training.batch_size, m)
+                samples = training.local_steps * batch
+                if plain and defers_first_layer(stack, local_steps=training.local_steps, batch=batch, count=m):
+                    first = 2 * (2 * m * out * inp + m * m * inp + 2 * samples * m * out)
+                else:
+                    first = samples * 2 * out * inp * 2
+                total += first + samples * later_per_sample
+    return total
+
+
+def sgemm_gflops(size: int = 1024, repeats: int = 20) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
@@ -113,16 +140,20 @@ def sweep_chunks(args: argparse.Namespace, model: str) -> None:
     stack = linear_stack(experiment.new_model())
     assert stack is not None
     train_clients_batched(experiment, requests, stack, chunk_size=8)  # warm the client tensors
+    chosen = batched.DEFERRED_CHUNK
     for chunk in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        batched.DEFERRED_CHUNK = chunk  # clients on the deferred path
         seconds = min(
             _timed(lambda c=chunk: train_clients_batched(experiment, requests, stack, chunk_size=c)) for _ in range(3)
         )
         print(f"  sweep {model}: chunk {chunk:3d}: {seconds:.3f} s for {len(requests)} clients x 1 round")
+    batched.DEFERRED_CHUNK = chosen
 
 
 def compare(args: argparse.Namespace, model: str, sgemm: float) -> dict:
     results = {}
     for path, setting in (("per-client", "false"), ("batched", "auto")):
+        sgemm = max(sgemm, sgemm_gflops())  # the machine's best rate over the run (it is shared)
         cfg = compose_config(
             [*overrides(args, model), f"engine.batch_clients={setting}"], output_dir=OUTPUT_DIR / f"{model}-{path}"
         )
@@ -139,11 +170,16 @@ def compare(args: argparse.Namespace, model: str, sgemm: float) -> dict:
         }
     experiment = build_experiment(compose_config(overrides(args, model), output_dir=OUTPUT_DIR / "flops"))
     flops = sgd_flops(experiment)
-    sgemm = max(sgemm, sgemm_gflops())  # the machine's best rate, before or after (it is shared)
+    sgemm = max(sgemm, sgemm_gflops())
     one, two = results["per-client"], results["batched"]
     print(f"\n{model}: {len(experiment.jobs)} groups, {args.clients} clients, {args.rounds} rounds")
-    print(f"  SGD matmul work: {flops / 1e9:.1f} GFLOP; single-thread SGEMM {sgemm:.1f} GFLOP/s (best before/after)")
+    print(f"  SGD matmul work: {flops / 1e9:.1f} GFLOP; single-thread SGEMM {sgemm:.1f} GFLOP/s (best of the run)")
     bound = flops / (sgemm * 1e9)
+    done = batched_flops(experiment)
+    print(
+        f"  the batched path does {done / 1e9:.1f} GFLOP of them ({done / flops:.2f}x: clients with few "
+        "samples keep the first layer in factored form)"
+    )
     stack = linear_stack(experiment.new_model())
     assert stack is not None
     # Each group's one pass over the test set (the votes), which the training phase also does.
@@ -154,7 +190,10 @@ def compare(args: argparse.Namespace, model: str, sgemm: float) -> dict:
     )
     for path, result in results.items():
         rate = flops / result["cpu"] / 1e9
-        chunk = result["summary"]["client_training"].get("chunk_size")
+        training = result["summary"]["client_training"]
+        chunk = training.get("chunk_size")
+        if training.get("deferred_chunk_size"):
+            chunk = f"{chunk}/{training['deferred_chunk_size']}"
         print(
             f"  {path:10s}: training {result['wall']:7.2f} s wall, {result['cpu']:7.2f} s CPU, chunk {chunk}, "
             f"{rate:5.2f} GFLOP/s (CPU), {rate / sgemm:.3f} of SGEMM; "

@@ -15,6 +15,13 @@ The SGD step is ``torch.optim.SGD``'s (dampening 0, no Nesterov): ``d = grad + w
 is one in-place ``baddbmm_``, so the weight gradient is never written out (1.3-1.6x faster
 here at n = 1,000 clients, bench/README.md).
 
+With plain SGD, a client whose samples are few (the paper's FLCert setting: about 8 per client)
+keeps its first layer in factored form, ``W_t = W_0 - lr A_t^T X`` over its own samples ``X``
+(:func:`_train_chunk_deferred`): its pre-activations come from ``X W_0^T`` and the Gram matrix
+``X X^T``, computed once per round, and the update from one product at the end, so no weight
+matrix is read or written per step. :func:`defers_first_layer` takes that path where it counts
+fewer multiply-adds than the direct one (2.1x faster end to end at n = 1,000, bench/README.md).
+
 Each client draws its batches with its own generator, by the same :func:`batch_indices` calls as
 :func:`~fedshield.task.training.local_train`, and sees only its own samples (a chunk's batches
 of every step are one index into the call's pooled client samples); clients are chunked
@@ -27,6 +34,7 @@ itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +52,9 @@ from fedshield.task.training import LocalTrainingConfig, batch_indices
 # gradients and activations; bench/bench_batched.py --sweep measures the chunk sizes around it.
 CHUNK_PARAM_BYTES = 2 * 2**20
 MAX_CHUNK = 256
+# Clients per deferred chunk: its per-step tensors are small (m x out per client), so the chunk
+# only amortizes per-call overhead; flat from 32 to 128 in bench_batched.py --sweep.
+DEFERRED_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -85,27 +96,60 @@ def train_clients_batched(
 ) -> list[ClientReply]:
     """Honest local training of every request (plain SGD, no attack, no hardening), in order.
 
-    Requests are grouped by effective batch size and trained ``chunk_size`` at a time.
+    Clients that :func:`defers_first_layer` picks train in chunks of ``chunk_size`` in order of
+    sample count (:func:`_train_chunk_deferred`, padded to the chunk's largest client); the
+    others are grouped by effective batch size and train ``chunk_size`` at a time
+    (:func:`_train_chunk`).
     """
     if not requests:  # every job of the round has an active attacker: all go client by client
         return []
     training = experiment.training
-    by_batch: dict[int, list[int]] = {}
+    plain = training.momentum == 0 and training.weight_decay == 0
+    deferred: list[tuple[int, int]] = []  # (sample count, position)
+    direct: dict[int, list[int]] = {}  # effective batch size -> positions
     for position, request in enumerate(requests):
-        effective = min(training.batch_size, experiment.num_examples(request.user_id))
-        if effective == 0:
+        count = experiment.num_examples(request.user_id)
+        if count == 0:
             raise ValueError("a client with no samples cannot train")
-        by_batch.setdefault(effective, []).append(position)
+        effective = min(training.batch_size, count)
+        if plain and defers_first_layer(stack, local_steps=training.local_steps, batch=effective, count=count):
+            deferred.append((count, position))
+        else:
+            direct.setdefault(effective, []).append(position)
     pool = _ClientPool(experiment, [request.user_id for request in requests])
     replies: list[ClientReply | None] = [None] * len(requests)
-    for positions in by_batch.values():
-        for start in range(0, len(positions), chunk_size):
-            chunk = positions[start : start + chunk_size]
-            for position, reply in zip(
-                chunk, _train_chunk(experiment, pool, [requests[p] for p in chunk], stack), strict=True
-            ):
-                replies[position] = reply
+    chunks = [
+        (_train_chunk, positions[i : i + chunk_size])
+        for positions in direct.values()
+        for i in range(0, len(positions), chunk_size)
+    ]
+    by_count = [position for _, position in sorted(deferred)]
+    projected = _FirstLayerOutputs(experiment, pool, requests, sorted(p for _, p in deferred), stack)
+    chunks += [
+        (functools.partial(_train_chunk_deferred, projected=projected), by_count[i : i + DEFERRED_CHUNK])
+        for i in range(0, len(by_count), DEFERRED_CHUNK)
+    ]
+    for train, chunk in chunks:
+        for position, reply in zip(
+            chunk, train(experiment, pool, [requests[p] for p in chunk], stack, positions=chunk), strict=True
+        ):
+            replies[position] = reply
     return [reply for reply in replies if reply is not None]
+
+
+def defers_first_layer(stack: LinearStack, *, local_steps: int, batch: int, count: int) -> bool:
+    """Whether :func:`_train_chunk_deferred` does fewer multiply-adds than the direct path for a
+    client of ``count`` samples: first layer ``(out, D)``, ``local_steps`` batches of ``batch``.
+
+    Direct: a forward and a weight update per step, ``2 s B out D``. Deferred: ``X W_0^T`` and
+    the final ``A^T X`` (``2 m out D``), the Gram matrix (``m^2 D``) and each step's correction
+    (``2 s B m out``). With a handful of samples per client (the paper's FLCert setting) the
+    deferred path does a fraction of the work, in larger matrix products.
+    """
+    out, inp, _ = stack.layers[0]
+    direct = 2 * local_steps * batch * out * inp
+    deferred = 2 * count * out * inp + count * count * inp + 2 * local_steps * batch * count * out
+    return deferred < direct
 
 
 class _ClientPool:
@@ -115,7 +159,10 @@ class _ClientPool:
     def __init__(self, experiment: Experiment, user_ids: Sequence[int]) -> None:
         unique = list(dict.fromkeys(user_ids))
         tensors = [experiment.client_tensors(uid) for uid in unique]
-        self.x = torch.cat([x.reshape(len(y), -1) for x, y in tensors])
+        flat = [x.reshape(len(y), -1) for x, y in tensors]
+        # One zero row after the samples (row ``zero_row``): the padding of a deferred chunk.
+        self.x = torch.cat([*flat, torch.zeros_like(flat[0][:1])])
+        self.zero_row = len(self.x) - 1
         self.y = torch.cat([y for _, y in tensors])
         self.rows: dict[int, tuple[int, int]] = {}  # user ID -> (first row, number of rows)
         first = 0
@@ -128,20 +175,94 @@ class _ClientPool:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(steps, C, B, D)`` inputs and ``(steps, C, B)`` labels: for each client the batches
         ``local_train`` draws (same generator, same :func:`batch_indices` calls), from its own rows."""
-        per_client = []
+        index = self.step_rows(requests, config)
+        return self.x[index], self.y[index]
+
+    def step_rows(self, requests: Sequence[TrainRequest], config: LocalTrainingConfig) -> torch.Tensor:
+        """``(steps, C, B)`` pooled rows of each client's batches (see :meth:`batches`); every
+        client's batch must have the same size B."""
+        return torch.stack(
+            [first + torch.stack(batches) for first, batches in self._local_batches(requests, config)], dim=1
+        ).to(self.x.device)
+
+    def padded_local_batches(
+        self, requests: Sequence[TrainRequest], config: LocalTrainingConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each client's batches as rows of its own samples (0 .. n_i - 1), ``(steps, C, B)`` with
+        B the largest batch, padded with row 0; and the ``(C, B)`` mask of real entries."""
+        per_client = [torch.stack(batches) for _, batches in self._local_batches(requests, config)]
+        width = max(batches.shape[1] for batches in per_client)
+        local = torch.zeros(config.local_steps, len(requests), width, dtype=torch.long)
+        valid = torch.zeros(len(requests), width, dtype=torch.bool)
+        for column, batches in enumerate(per_client):
+            local[:, column, : batches.shape[1]] = batches
+            valid[column, : batches.shape[1]] = True
+        return local.to(self.x.device), valid.to(self.x.device)
+
+    def _local_batches(
+        self, requests: Sequence[TrainRequest], config: LocalTrainingConfig
+    ) -> list[tuple[int, list[torch.Tensor]]]:
+        """Per client, its first pooled row and the batches ``local_train`` draws (same generator,
+        same :func:`batch_indices` calls) as rows of its own samples."""
+        drawn = []
         for request in requests:
             first, count = self.rows[request.user_id]
             seed = derive_seed("client", request.job.seed, request.server_round, request.user_id)
-            steps = batch_indices(
+            batches = batch_indices(
                 count, batch_size=config.batch_size, num_batches=config.local_steps, generator=torch_generator(seed)
             )
-            per_client.append(torch.stack(steps) + first)
-        index = torch.stack(per_client, dim=1).to(self.x.device)
-        return self.x[index], self.y[index]
+            drawn.append((first, batches))
+        return drawn
+
+
+class _FirstLayerOutputs:
+    """``U = X W_0^T`` of every deferred request (its samples through its job's starting first
+    layer), one product per run of consecutive requests that share a starting model (a job's
+    clients), so each job's first weight matrix is read once per round. Rows of request i are
+    ``offsets[i] .. offsets[i] + n_i - 1``; the last row is zero (padding)."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        pool: _ClientPool,
+        requests: Sequence[TrainRequest],
+        positions: Sequence[int],
+        stack: LinearStack,
+    ) -> None:
+        out, inp, _ = stack.layers[0]
+        device, dtype = experiment.device, experiment.dtype
+        sizes = [pool.rows[requests[p].user_id][1] for p in positions]
+        self.rows = torch.zeros(sum(sizes) + 1, out, device=device, dtype=dtype)
+        self.zero_row = len(self.rows) - 1
+        self.offsets: dict[int, int] = {}
+        offset, i = 0, 0
+        while i < len(positions):
+            start_params = requests[positions[i]].global_params
+            run = [positions[i]]
+            while i + len(run) < len(positions) and requests[positions[i + len(run)]].global_params is start_params:
+                run.append(positions[i + len(run)])
+            ranges = [pool.rows[requests[p].user_id] for p in run]
+            contiguous = all(a[0] + a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+            x = (
+                pool.x[ranges[0][0] : ranges[-1][0] + ranges[-1][1]]
+                if contiguous
+                else torch.cat([pool.x[first : first + count] for first, count in ranges])
+            )
+            weight = start_params[: out * inp].view(out, inp).to(device=device, dtype=dtype)
+            torch.mm(x.to(device=device, dtype=dtype), weight.t(), out=self.rows[offset : offset + len(x)])
+            for p, (_, count) in zip(run, ranges, strict=True):
+                self.offsets[p] = offset
+                offset += count
+            i += len(run)
 
 
 def _train_chunk(
-    experiment: Experiment, pool: _ClientPool, requests: list[TrainRequest], stack: LinearStack
+    experiment: Experiment,
+    pool: _ClientPool,
+    requests: list[TrainRequest],
+    stack: LinearStack,
+    *,
+    positions: Sequence[int] = (),
 ) -> list[ClientReply]:
     config = experiment.training
     xs, ys = pool.batches(requests, config)
@@ -170,6 +291,134 @@ def _train_chunk(
     return [ClientReply(updates[i], pool.rows[r.user_id][1], losses[i]) for i, r in enumerate(requests)]
 
 
+def _train_chunk_deferred(
+    experiment: Experiment,
+    pool: _ClientPool,
+    requests: list[TrainRequest],
+    stack: LinearStack,
+    *,
+    positions: Sequence[int],
+    projected: _FirstLayerOutputs,
+) -> list[ClientReply]:
+    """Plain SGD for a chunk of clients, the first layer kept in factored form.
+
+    With plain SGD a client's first-layer weights after t steps are its start minus a sum of
+    rank-B updates on its own samples ``X`` (``m x D``):
+
+        W_t = W_0 - lr A_t^T X,    A_t = sum_{s<t} scatter(I_s, g_s)    (m x out),
+
+    where ``I_s`` are step s's batch rows and ``g_s`` the gradient at the first layer's output.
+    So step t's pre-activations are ``X[I_t] W_t^T = U[I_t] - lr G[I_t] A_t`` with ``U = X W_0^T``
+    and the Gram matrix ``G = X X^T``, both computed once, and the client's first-layer update
+    is ``-lr A_T^T X``: two products of ``m`` rows instead of ``2 x local_steps`` of ``B`` rows,
+    and no weight matrix read or written per step. Later layers (and all biases) train in place
+    as in :func:`_plain_sgd_step`. Clients of different sizes share a chunk: ``X`` is padded
+    with zero rows (never indexed, so ``A`` stays 0 there) and batches smaller than the chunk's
+    largest with masked entries (zero gradient; each client's loss and gradient are divided by
+    its own batch size). Equal to the per-client path up to float reassociation.
+    """
+    config = experiment.training
+    lr = config.learning_rate
+    device, dtype = experiment.device, experiment.dtype
+    counts = [pool.rows[r.user_id][1] for r in requests]
+    num_clients, width = len(requests), max(counts)
+    local, valid = pool.padded_local_batches(requests, config)  # (steps, C, B), (C, B)
+    batch = local.shape[2]
+    batch_sizes = valid.sum(dim=1, keepdim=True).to(dtype)  # (C, 1)
+    weight = (valid / batch_sizes).unsqueeze(2)  # (C, B, 1): 1 / B_i on real entries, else 0
+    out, inp, has_bias = stack.layers[0]
+    first_size = out * inp
+    # Each client's samples and their first-layer outputs U, padded with the zero rows.
+    column = torch.arange(width)
+    inside = column[None, :] < torch.tensor(counts)[:, None]
+    firsts = torch.tensor([pool.rows[r.user_id][0] for r in requests])[:, None]
+    offsets = torch.tensor([projected.offsets[p] for p in positions])[:, None]
+    sample_rows = torch.where(inside, firsts + column, pool.zero_row)
+    output_rows = torch.where(inside, offsets + column, projected.zero_row)
+    x = pool.x[sample_rows.to(pool.x.device)].to(device=device, dtype=dtype)  # (C, m, D)
+    labels = pool.y[local + firsts[None].to(local.device)].to(device)  # (steps, C, B)
+    projected_rows = projected.rows[output_rows.to(device)]  # (C, m, out)
+    gram = torch.bmm(x, x.transpose(1, 2))  # (C, m, m)
+    accumulated = torch.zeros(num_clients, width, out, device=device, dtype=dtype)
+
+    # Everything but the first weight matrix trains in place on one (C, P - out D) copy.
+    initial_rest = torch.stack([r.global_params[first_size:] for r in requests]).to(device=device, dtype=dtype)
+    rest = initial_rest.clone()
+    first_bias = rest[:, :out] if has_bias else None
+    later_weights, later_biases = _layer_views(rest[:, out if has_bias else 0 :], LinearStack(stack.layers[1:]))
+
+    total_loss = torch.zeros(num_clients, dtype=torch.float64, device=device)
+    for step in range(config.local_steps):
+        index = local[step]  # (C, B)
+        z = projected_rows.gather(1, index.unsqueeze(2).expand(num_clients, batch, out))
+        if step > 0:
+            gram_rows = gram.gather(1, index.unsqueeze(2).expand(num_clients, batch, width))
+            z.baddbmm_(gram_rows, accumulated, alpha=-lr)
+        if first_bias is not None:
+            z += first_bias.unsqueeze(1)
+        if later_weights:
+            inputs, logits = _forward(later_weights, later_biases, torch.relu(z))
+        else:
+            inputs, logits = [], z
+        log_probs = torch.log_softmax(logits, dim=2)
+        total_loss -= (log_probs.gather(2, labels[step].unsqueeze(2)) * weight).sum(dim=(1, 2))
+        g = log_probs.exp_()
+        g.scatter_add_(2, labels[step].unsqueeze(2), torch.full_like(g[:, :, :1], -1))
+        g *= weight
+        g = _backward_plain_sgd(later_weights, later_biases, inputs, g, lr, below_first=True)
+        if first_bias is not None:
+            first_bias.sub_(g.sum(dim=1), alpha=lr)
+        accumulated.scatter_add_(1, index.unsqueeze(2).expand(num_clients, batch, out), g)
+
+    updates = torch.empty(num_clients, first_size + rest.shape[1], device=device, dtype=dtype)
+    first_updates = updates[:, :first_size].view(num_clients, out, inp)
+    for i, count in enumerate(counts):
+        first_updates[i].addmm_(accumulated[i, :count].t(), x[i, :count], beta=0, alpha=-lr)
+    torch.sub(rest, initial_rest, out=updates[:, first_size:])
+    updates = updates.to(requests[0].global_params.device)
+    losses = (total_loss / config.local_steps).tolist()
+    return [ClientReply(updates[i], counts[i], losses[i]) for i in range(num_clients)]
+
+
+def _loss_and_output_gradient(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-client mean cross-entropy ``(C,)`` and its gradient at the logits, ``(softmax - onehot) / B``
+    (loss and gradient share one ``log_softmax``)."""
+    log_probs = torch.log_softmax(logits, dim=2)
+    losses = -log_probs.gather(2, y.unsqueeze(2)).squeeze(2).mean(dim=1)
+    g = log_probs.exp_()
+    g.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=g.dtype).unsqueeze(2))
+    g /= logits.shape[1]
+    return losses, g
+
+
+def _backward_plain_sgd(
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    inputs: list[torch.Tensor],
+    g: torch.Tensor,
+    learning_rate: float,
+    *,
+    below_first: bool,
+) -> torch.Tensor:
+    """Plain-SGD steps, in place, of the layers ``inputs[l] -> z_l`` from the output down; ``g`` is
+    the gradient at the output. Returns the gradient at the lowest layer's input (through the
+    ReLU that made it) if ``below_first``, else ``g`` at the lowest layer's output.
+
+    ``W_l -= lr g_l^T h_{l-1}`` is one ``baddbmm_`` (no gradient tensor, no separate update
+    pass over the weights), after ``g_{l-1} = (g_l W_l) * [h_{l-1} > 0]`` has been computed
+    from the old ``W_l``.
+    """
+    for layer in range(len(weights) - 1, -1, -1):
+        below = torch.bmm(g, weights[layer]).mul_(inputs[layer] > 0) if layer > 0 or below_first else None
+        bias = biases[layer]
+        if bias is not None:
+            bias.sub_(g.sum(dim=1), alpha=learning_rate)
+        weights[layer].baddbmm_(g.transpose(1, 2), inputs[layer], alpha=-learning_rate)
+        if below is not None:
+            g = below
+    return g
+
+
 def _plain_sgd_step(
     weights: list[torch.Tensor],
     biases: list[torch.Tensor | None],
@@ -177,26 +426,10 @@ def _plain_sgd_step(
     y: torch.Tensor,
     learning_rate: float,
 ) -> torch.Tensor:
-    """One step of plain SGD (no momentum, no weight decay) in place; the per-client losses ``(C,)``.
-
-    ``W_l -= lr g_l^T h_{l-1}`` is one ``baddbmm_`` (no gradient tensor, no separate update
-    pass over the weights), after ``g_{l-1}`` has been computed from the old ``W_l``.
-    """
+    """One step of plain SGD (no momentum, no weight decay) in place; the per-client losses ``(C,)``."""
     inputs, logits = _forward(weights, biases, x)
-    log_probs = torch.log_softmax(logits, dim=2)
-    losses = -log_probs.gather(2, y.unsqueeze(2)).squeeze(2).mean(dim=1)
-    batch = logits.shape[1]
-    g = log_probs.exp_()
-    g.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=g.dtype).unsqueeze(2))
-    g /= batch
-    for layer in range(len(weights) - 1, -1, -1):
-        below = torch.bmm(g, weights[layer]).mul_(inputs[layer] > 0) if layer > 0 else None
-        bias = biases[layer]
-        if bias is not None:
-            bias.sub_(g.sum(dim=1), alpha=learning_rate)
-        weights[layer].baddbmm_(g.transpose(1, 2), inputs[layer], alpha=-learning_rate)
-        if below is not None:
-            g = below
+    losses, g = _loss_and_output_gradient(logits, y)
+    _backward_plain_sgd(weights, biases, inputs, g, learning_rate, below_first=False)
     return losses
 
 

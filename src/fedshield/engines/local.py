@@ -24,7 +24,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing.queues import SimpleQueue
 
-from fedshield.client.batched import LinearStack, chunk_size_for, linear_stack, train_clients_batched
+from fedshield.client.batched import (
+    DEFERRED_CHUNK,
+    LinearStack,
+    chunk_size_for,
+    linear_stack,
+    train_clients_batched,
+)
 from fedshield.client.work import craft_step, train_step
 from fedshield.config.build import experiment_from_yaml
 from fedshield.engines.base import FinishedJob, OnJobDone, OnRound
@@ -107,9 +113,18 @@ def client_training(experiment: Experiment, batch_clients: bool | str) -> dict:
     if experiment.hardening is not None:
         return {"path": "per-client", "chunk_size": None, "reason": "a defense hardens the clients' training"}
     reason = "plain SGD over stacked per-client weights"
+    training = experiment.training
+    deferred = training.momentum == 0 and training.weight_decay == 0
+    if deferred:
+        reason += "; first layer in factored form for clients with few samples"
     if experiment.malicious_ids:
         reason += "; per-client in job-rounds with an active sampled attacker"
-    return {"path": "batched", "chunk_size": chunk_size_for(stack, experiment.dtype), "reason": reason}
+    return {
+        "path": "batched",
+        "chunk_size": chunk_size_for(stack, experiment.dtype),
+        "deferred_chunk_size": DEFERRED_CHUNK if deferred else None,
+        "reason": reason,
+    }
 
 
 def new_transport(experiment: Experiment, batch_clients: bool | str) -> InProcessTransport:
