@@ -27,6 +27,7 @@ from fedshield.engines.local import BatchedTransport, InProcessTransport, LocalE
 from fedshield.run import run
 from fedshield.server.protocol import run_jobs, start_jobs, train_requests
 from fedshield.task.determinism import configure_torch
+from fedshield.task.updates import FactoredUpdate, dense_update
 from helpers import job_params, tiny_config
 
 RELATIVE_ERROR = {"logistic": 1e-5, "mlp": 1e-3}
@@ -34,7 +35,8 @@ PREDICTION_AGREEMENT = 0.995
 ENSEMBLE = ["ensemble=flcert_d", "ensemble.num_groups=3", "num_clients=12", "num_rounds=3"]
 
 
-def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+def _relative_error(reference: torch.Tensor | FactoredUpdate, other: torch.Tensor | FactoredUpdate) -> float:
+    reference, other = dense_update(reference), dense_update(other)
     return float((reference - other).norm() / reference.norm())
 
 

@@ -16,8 +16,10 @@ from fedshield.client import batched
 from fedshield.client.batched import LinearStack, defers_first_layer, linear_stack, train_clients_batched
 from fedshield.client.work import train_step
 from fedshield.config.build import build_experiment
-from fedshield.server.protocol import start_jobs, train_requests
+from fedshield.engines.local import InProcessTransport, new_transport
+from fedshield.server.protocol import run_jobs, start_jobs, train_requests
 from fedshield.task.determinism import configure_torch
+from fedshield.task.updates import FactoredUpdate, dense_update
 from helpers import tiny_config
 
 # Uneven clients of 1 to 37 samples around the batch of 8 (5 steps): batches smaller than the
@@ -38,7 +40,8 @@ MODELS = {
 RELATIVE_ERROR = {"logistic": 1e-5, "mlp": 1e-3, "mlp-two-hidden": 1e-3}
 
 
-def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+def _relative_error(reference: torch.Tensor | FactoredUpdate, other: torch.Tensor | FactoredUpdate) -> float:
+    reference, other = dense_update(reference), dense_update(other)
     return float((reference - other).norm() / reference.norm())
 
 
@@ -103,7 +106,7 @@ def test_a_deferred_client_trains_the_same_alone_as_in_a_padded_chunk(tmp_path, 
         assert _relative_error(one.update, other.update) < 1e-6
         assert one.loss == pytest.approx(other.loss, rel=1e-6)
     for first, second in zip(together, again, strict=True):
-        assert torch.equal(first.update, second.update) and first.loss == second.loss
+        assert torch.equal(dense_update(first.update), dense_update(second.update)) and first.loss == second.loss
 
 
 @pytest.mark.slow
@@ -130,3 +133,27 @@ def test_the_first_layer_is_deferred_exactly_where_it_does_less_work():
     assert [m for m in range(1, 100) if defers_first_layer(logistic, local_steps=5, batch=min(8, m), count=m)] == list(
         range(1, 20)
     )
+
+
+@pytest.mark.slow
+def test_groups_of_small_clients_match_the_per_client_path_and_repeat_bit_for_bit(tmp_path):
+    # Prepare: 3 FLCert-D groups of about 100 clients of 1 to 37 samples, 3 rounds, the MLP:
+    # factored updates through screening and FedAvg, as at paper scale.
+    configure_torch(threads=1)
+    cfg = tiny_config(
+        tmp_path, *SMALL_CLIENTS, *MODELS["mlp"], "ensemble=flcert_d", "ensemble.num_groups=3", "num_rounds=3"
+    )
+    experiment = build_experiment(cfg)
+
+    # Execute
+    per_client = run_jobs(experiment, list(experiment.jobs), InProcessTransport(experiment))
+    batched = run_jobs(experiment, list(experiment.jobs), new_transport(experiment, "auto"))
+    again = run_jobs(experiment, list(experiment.jobs), new_transport(experiment, "auto"))
+
+    # Assert: within the stated tolerance of the per-client path, and bit-identical to itself.
+    for reference, other, repeat in zip(per_client, batched, again, strict=True):
+        assert _relative_error(reference.params, other.params) < RELATIVE_ERROR["mlp"]
+        assert reference.predictions is not None and other.predictions is not None
+        assert float((reference.predictions == other.predictions).float().mean()) >= 0.995
+        assert [r["rejected"] for r in other.history] == [0, 0, 0]
+        assert torch.equal(other.params, repeat.params) and torch.equal(other.predictions, repeat.predictions)

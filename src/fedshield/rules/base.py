@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fedshield.rules.errors import AggregationError, ByzantineBudgetError
+from fedshield.task.updates import FactoredUpdate
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class AggregationRule(ABC):
     name: str = ""
     requires_server_update: bool = False
     is_stateful: bool = False
+    # True if aggregate_factored takes factored updates as they are (FedAvg: a linear rule).
+    accepts_factored: bool = False
 
     def budget(self) -> ClientBudget:
         """The fewest clients this rule accepts, with the formula from the paper."""
@@ -162,6 +165,10 @@ class AggregationRule(ABC):
         Tensor
             The aggregated update, shape ``(num_params,)``, same dtype as ``updates``.
         """
+
+    def aggregate_factored(self, updates: Sequence[FactoredUpdate], *, weights: Tensor) -> Tensor:
+        """Aggregate factored updates without multiplying them out (rules with ``accepts_factored``)."""
+        raise NotImplementedError(f"{self.name} takes dense updates only")
 
     def __call__(
         self,

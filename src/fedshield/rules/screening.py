@@ -20,6 +20,7 @@ server update for FLTrust, a client id without a weight) raise instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from fedshield.rules.base import AggregationRule, check_client_ids, require_integer
 from fedshield.rules.errors import AggregationError, ByzantineBudgetError
+from fedshield.task.updates import FactoredUpdate, dense_update
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +43,34 @@ class ScreenResult:
 
     Attributes
     ----------
-    updates : Tensor
-        Kept updates, shape ``(num_kept, num_params)``, in the requested dtype.
+    kept : tuple[Tensor | FactoredUpdate, ...]
+        Kept updates, each of ``num_params`` elements in the requested dtype and device; a
+        :class:`~fedshield.task.updates.FactoredUpdate` stays factored.
     client_ids : tuple[int, ...]
-        Client id of each kept row, in the order received.
+        Client id of each kept update, in the order received.
     rejected : tuple[tuple[int, str], ...]
         ``(client_id, reason)`` for each dropped reply, in the order received.
+    num_params, dtype, device
+        Shape, dtype and device of :attr:`updates`.
     """
 
-    updates: Tensor
+    kept: tuple[Tensor | FactoredUpdate, ...]
     client_ids: tuple[int, ...]
     rejected: tuple[tuple[int, str], ...]
+    num_params: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @functools.cached_property
+    def updates(self) -> Tensor:
+        """Kept updates as one ``(num_kept, num_params)`` tensor (factored ones multiplied out)."""
+        if not self.kept:
+            return torch.empty((0, self.num_params), dtype=self.dtype, device=self.device)
+        return torch.stack([dense_update(update) for update in self.kept])
+
+    @property
+    def all_factored(self) -> bool:
+        return bool(self.kept) and all(isinstance(update, FactoredUpdate) for update in self.kept)
 
 
 def _screen_one(update: object, *, num_params: int, max_norm: float) -> Tensor | str:
@@ -110,6 +129,28 @@ def _passes_by_bound(
     return math.isfinite(largest) and math.sqrt(num_params) * largest * (1 + 1e-6) <= max_norm
 
 
+def _factored_passes_by_bound(
+    update: FactoredUpdate, *, num_params: int, dtype: torch.dtype, device: torch.device, max_norm: float
+) -> bool:
+    """True if the dense form of ``update`` certainly passes screening unchanged, decided from
+    its factors (:meth:`~fedshield.task.updates.FactoredUpdate.norm_bound`) without forming it.
+
+    Factors finite and the bound ``B`` with ``B (1 + 1e-6 + 2 m eps) <= max_norm`` (the margin
+    covers the float product's rounding, at most ``m eps`` relative per entry, and the float64
+    norm's) mean :func:`_screen_one` keeps the dense update; ``B <= 1e30`` keeps every entry of
+    the product (and its partial sums, each at most ``B``) finite in float32. Anything else is
+    multiplied out and takes the full path, so the decision is the same.
+    """
+    if not (update.dtype == dtype and update.device == device and update.shape == (num_params,)):
+        return False
+    if not all(t.dtype == dtype and t.device == device for t in (update.left, update.right)):
+        return False
+    bound = update.norm_bound()
+    samples = update.left.shape[1]
+    margin = 1 + 1e-6 + 2 * samples * torch.finfo(dtype).eps
+    return math.isfinite(bound) and bound <= 1e30 and bound * margin <= max_norm
+
+
 def screen_updates(
     updates: Sequence[object],
     client_ids: Sequence[int],
@@ -156,10 +197,16 @@ def screen_updates(
     identifiers = check_client_ids(client_ids, num_clients=len(updates))
     device = torch.device("cpu") if device is None else torch.device(device)
 
-    kept: list[Tensor] = []
     kept_ids: list[int] = []
     rejected: list[tuple[int, str]] = []
+    kept: list[Tensor | FactoredUpdate] = []
     for identifier, update in zip(identifiers, updates, strict=True):
+        if isinstance(update, FactoredUpdate):
+            if _factored_passes_by_bound(update, num_params=num_params, dtype=dtype, device=device, max_norm=max_norm):
+                kept.append(update)
+                kept_ids.append(identifier)
+                continue
+            update = update.dense()
         if isinstance(update, Tensor) and _passes_by_bound(
             update, num_params=num_params, dtype=dtype, device=device, max_norm=max_norm
         ):
@@ -178,8 +225,7 @@ def screen_updates(
             continue
         kept.append(converted)
         kept_ids.append(identifier)
-    stacked = torch.stack(kept) if kept else torch.empty((0, num_params), dtype=dtype, device=device)
-    return ScreenResult(updates=stacked, client_ids=tuple(kept_ids), rejected=tuple(rejected))
+    return ScreenResult(tuple(kept), tuple(kept_ids), tuple(rejected), num_params, dtype, device)
 
 
 def aggregate_screened(
@@ -224,7 +270,11 @@ def aggregate_screened(
     if missing:
         raise AggregationError(f"weights_by_id has no weight for client ids {missing}")
     weights = torch.tensor([float(weights_by_id[identifier]) for identifier in client_ids], dtype=torch.float64)
-    aggregate = rule(screen_result.updates, weights=weights, client_ids=client_ids, server_update=server_update)
+    if screen_result.all_factored and rule.accepts_factored:
+        factored = [update for update in screen_result.kept if isinstance(update, FactoredUpdate)]
+        aggregate = rule.aggregate_factored(factored, weights=weights)
+    else:
+        aggregate = rule(screen_result.updates, weights=weights, client_ids=client_ids, server_update=server_update)
     if not _all_finite(aggregate):
         return None, f"{rule.name} returned a non-finite aggregate"
     return aggregate, None

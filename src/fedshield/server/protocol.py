@@ -30,6 +30,7 @@ from fedshield.server.evaluation import evaluate_params, evaluate_with_predictio
 from fedshield.server.rounds import aggregate_round, sample_clients, sample_with_attackers, server_reference_update
 from fedshield.task.jobs import JobSpec
 from fedshield.task.messages import ClientReply, CraftRequest, ReplyKey, TrainRequest
+from fedshield.task.updates import dense_update
 
 Replies = dict[ReplyKey, ClientReply | None]
 
@@ -106,7 +107,7 @@ def craft_requests(
         if not crafting or any(uid not in arrived for uid in crafting):
             continue
         arrived_replies = [replies[(s.job.job_id, uid)] for uid in arrived]
-        updates = torch.stack([reply.update for reply in arrived_replies if reply is not None])
+        updates = torch.stack([dense_update(reply.update) for reply in arrived_replies if reply is not None])
         weights = torch.tensor(
             [float(reply.num_examples) for reply in arrived_replies if reply is not None], dtype=updates.dtype
         )

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 from fedshield.task.jobs import JobSpec
+from fedshield.task.updates import FactoredUpdate
 
 ReplyKey = tuple[int, int]  # (job_id, user_id)
 
 
 @dataclass(frozen=True)
 class ClientReply:
-    update: torch.Tensor
+    # A FactoredUpdate only from engine=local's batched clients (fedshield.task.updates).
+    update: torch.Tensor | FactoredUpdate
     num_examples: int
     loss: float
     # Diagnostics the server averages into the round's record (e.g. FLIP's inverted-mask size).

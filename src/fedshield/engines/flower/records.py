@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedshield.task.defense import ClientState
 from fedshield.task.messages import ClientReply
+from fedshield.task.updates import dense_update
 
 EXPERIMENT_KEY = "experiment"  # the resolved YAML of the run, carried by every work message
 # A pool-served user's client state (FLIP's caches), sent with its work and returned with the reply.
@@ -187,7 +188,7 @@ def reply_records(replies: Sequence[TaskReply]) -> RecordDict:
     content = RecordDict(
         {
             "who": ConfigRecord({"job-ids": [r.job_id for r in replies], "user-ids": [r.user_id for r in replies]}),
-            "updates": tensor_record(**{str(i): r.reply.update for i, r in enumerate(replies)}),
+            "updates": tensor_record(**{str(i): dense_update(r.reply.update) for i, r in enumerate(replies)}),
         }
     )
     for i, r in enumerate(replies):
