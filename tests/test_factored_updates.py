@@ -15,6 +15,7 @@ import torch
 from fedshield.rules import FedAvg, Krum, aggregate_screened, screen_updates
 from fedshield.rules.errors import AggregationError
 from fedshield.rules.fedavg import fedavg, fedavg_factored
+from fedshield.server.rounds import aggregate_factored_rounds, aggregate_round
 from fedshield.task.updates import FactoredUpdate, dense_update
 
 OUT, SAMPLES, INPUTS, TAIL = 16, 5, 40, 7
@@ -160,3 +161,62 @@ def test_other_rules_get_the_dense_updates():
         Krum(num_malicious=2), _screen([u.dense() for u in updates]), weights_by_id=dict.fromkeys(range(7), 1.0)
     )
     assert aggregate is not None and dense is not None and torch.equal(aggregate, dense)
+
+
+def _job_replies(seed: int, clients: int) -> dict[int, FactoredUpdate]:
+    return {10 * seed + i: _factored(100 * seed + i, samples=1 + (seed + i) % 4) for i in range(clients)}
+
+
+@pytest.mark.parametrize("server_learning_rate", [1.0, 0.5])
+def test_many_jobs_at_once_step_as_each_job_alone(server_learning_rate):
+    # Prepare: 5 FedAvg jobs of 1 to 5 clients with 1 to 4 samples each.
+    jobs = [_job_replies(seed, clients=1 + seed) for seed in range(5)]
+    params = [torch.randn(NUM_PARAMS, generator=torch.Generator().manual_seed(seed)) for seed in range(5)]
+    counts = [{uid: 3 + uid % 7 for uid in replies} for replies in jobs]
+    options = {"max_update_norm": 1e6, "server_learning_rate": server_learning_rate}
+
+    # Execute
+    together = aggregate_factored_rounds([FedAvg() for _ in jobs], params, jobs, counts, **options)
+
+    # Assert: each job's outcome is aggregate_round's, up to the rounding of the product.
+    for outcome, replies, start, job_counts in zip(together, jobs, params, counts, strict=True):
+        alone = aggregate_round(FedAvg(), start, replies, job_counts, **options)
+        assert outcome is not None
+        assert (outcome.num_replies, outcome.rejected, outcome.skipped_reason) == (len(replies), (), None)
+        torch.testing.assert_close(outcome.params, alone.params, rtol=1e-6, atol=1e-7)
+
+
+def test_a_job_screening_might_change_is_left_to_aggregate_round():
+    # Prepare: job 1 holds an update whose norm bound exceeds max_norm (its true norm does not),
+    # job 2 a NaN, job 3 a dense update, job 4 nothing; job 0 is plain.
+    jobs = [_job_replies(seed, clients=2) for seed in range(5)]
+    big = _factored(7, scale=1.0)
+    norm, bound = float(big.dense().double().norm()), big.norm_bound()
+    jobs[1][10] = big
+    jobs[2][20].tail[0] = math.nan
+    jobs[3][30] = jobs[3][30].dense()
+    jobs[4] = {}
+    params = [torch.zeros(NUM_PARAMS) for _ in jobs]
+    counts = [dict.fromkeys(replies, 1) for replies in jobs]
+
+    # Execute
+    outcomes = aggregate_factored_rounds(
+        [FedAvg() for _ in jobs], params, jobs, counts, max_update_norm=(norm + bound) / 2
+    )
+
+    # Assert
+    assert outcomes[0] is not None and outcomes[1:] == [None, None, None, None]
+
+
+def test_only_rules_that_average_factors_take_the_batched_step():
+    jobs = [_job_replies(seed, clients=7) for seed in range(2)]
+
+    outcomes = aggregate_factored_rounds(
+        [Krum(num_malicious=2) for _ in jobs],
+        [torch.zeros(NUM_PARAMS) for _ in jobs],
+        jobs,
+        [dict.fromkeys(replies, 1) for replies in jobs],
+        max_update_norm=1e6,
+    )
+
+    assert outcomes == [None, None]

@@ -380,13 +380,11 @@ def _train_chunk_deferred(
     left = accumulated.mul_(-lr).transpose(1, 2).contiguous()  # (C, out, m)
     tails = rest.sub_(initial_rest)
     server = requests[0].global_params.device
+    if server != left.device:
+        left, x, tails = left.to(server), x.to(server), tails.to(server)
     losses = (total_loss / config.local_steps).tolist()
     return [
-        ClientReply(
-            FactoredUpdate(left[i, :, :count].to(server), x[i, :count].to(server), tails[i].to(server)),
-            count,
-            losses[i],
-        )
+        ClientReply(FactoredUpdate(left[i, :, :count], x[i, :count], tails[i]), count, losses[i])
         for i, count in enumerate(counts)
     ]
 

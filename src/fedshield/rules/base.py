@@ -170,6 +170,10 @@ class AggregationRule(ABC):
         """Aggregate factored updates without multiplying them out (rules with ``accepts_factored``)."""
         raise NotImplementedError(f"{self.name} takes dense updates only")
 
+    def aggregate_factored_many(self, jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequence[Tensor]) -> Tensor:
+        """:meth:`aggregate_factored` of many jobs' updates at once, one row per job."""
+        raise NotImplementedError(f"{self.name} takes dense updates only")
+
     def __call__(
         self,
         updates: Tensor,

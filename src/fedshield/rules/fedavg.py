@@ -68,10 +68,10 @@ def fedavg_factored(updates: Sequence[FactoredUpdate], *, weights: Tensor) -> Te
               \qquad p_i = \frac{w_i}{\sum_j w_j}
 
     The first block is one product of an ``(out, sum m_i)`` and a ``(sum m_i, D)`` matrix in the
-    updates' dtype (a job's clients together, written once: a float64 product and its
-    conversion cost more than the dense mean here), the tail one matrix-vector product.
-    Equal to :func:`fedavg` of the dense updates up to float rounding, at most about
-    ``(sum m_i) eps`` relative per entry (exact in real arithmetic).
+    updates' dtype (the clients together, written once: a float64 product and its conversion
+    cost more than the dense mean here). Equal to :func:`fedavg` of the dense updates up to
+    float rounding, at most about ``(sum m_i) eps`` relative to the sum of the magnitudes of an
+    entry's terms (exact in real arithmetic). :func:`fedavg_factored_many` for many jobs.
 
     Raises
     ------
@@ -80,19 +80,48 @@ def fedavg_factored(updates: Sequence[FactoredUpdate], *, weights: Tensor) -> Te
     AggregationError
         If the weights are malformed or the updates' layouts differ.
     """
-    ClientBudget("fedavg", 1).check(len(updates))
-    layouts = {(update.first_shape, update.tail.shape, update.dtype) for update in updates}
+    return fedavg_factored_many([updates], [weights])[0]
+
+
+def fedavg_factored_many(jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequence[Tensor]) -> Tensor:
+    """:func:`fedavg_factored` of each job's updates (one row each, ``(num_jobs, num_params)``),
+    all jobs in one batched product: each job's factors are zero-padded to the largest
+    ``sum m_i`` (zero columns and rows add exact zeros), with a fixed number of operations
+    whatever the number of jobs. Every update shares one layout."""
+    for updates in jobs:
+        ClientBudget("fedavg", 1).check(len(updates))
+    updates = [u for job in jobs for u in job]
+    layouts = {(u.first_shape, u.tail.shape, u.dtype, u.device) for u in updates}
     if len(layouts) != 1:
         raise AggregationError(f"factored updates must share their layout; got {sorted(map(str, layouts))}")
     first = updates[0]
-    proportions = normalized_weights(weights, num_clients=len(updates)).to(device=first.device, dtype=first.dtype)
-    samples = torch.tensor([u.left.shape[1] for u in updates], device=first.device)
-    left = torch.cat([u.left for u in updates], dim=1).mul_(proportions.repeat_interleave(samples))
-    right = torch.cat([u.right for u in updates])
     rows, columns = first.first_shape
-    mean = torch.empty(first.shape, dtype=first.dtype, device=first.device)
-    torch.mm(left, right, out=mean[: rows * columns].view(rows, columns))
-    torch.mv(torch.stack([u.tail for u in updates]).t(), proportions, out=mean[rows * columns :])
+    dtype, device = first.dtype, first.device
+    proportions = torch.cat(
+        [normalized_weights(counts, num_clients=len(job)) for job, counts in zip(jobs, weights, strict=True)]
+    ).to(dtype=dtype, device=device)
+    # Where each sample column of each update goes in the (jobs x width) padded layout.
+    samples = [u.left.shape[1] for u in updates]
+    width = max(sum(u.left.shape[1] for u in job) for job in jobs)
+    slots: list[int] = []
+    job_of_update: list[int] = []
+    for job, job_updates in enumerate(jobs):
+        slots += range(job * width, job * width + sum(u.left.shape[1] for u in job_updates))
+        job_of_update += [job] * len(job_updates)
+    slot = torch.tensor(slots, device=first.device)
+    sample_scale = proportions.repeat_interleave(torch.tensor(samples, device=first.device))
+    left = torch.zeros(rows, len(jobs) * width, dtype=dtype, device=device)
+    left.index_copy_(1, slot, torch.cat([u.left for u in updates], dim=1).mul_(sample_scale))
+    right = torch.zeros(len(jobs) * width, columns, dtype=dtype, device=device)
+    right.index_copy_(0, slot, torch.cat([u.right for u in updates]))
+    mean = torch.empty(len(jobs), first.shape[0], dtype=dtype, device=device)
+    mean[:, : rows * columns].view(len(jobs), rows, columns).baddbmm_(
+        left.view(rows, len(jobs), width).transpose(0, 1), right.view(len(jobs), width, columns), beta=0
+    )
+    tails = torch.stack([u.tail for u in updates]).mul_(proportions.unsqueeze(1))
+    mean[:, rows * columns :] = torch.zeros(len(jobs), first.tail.numel(), dtype=dtype, device=device).index_add_(
+        0, torch.tensor(job_of_update, device=first.device), tails
+    )
     return mean
 
 
@@ -116,3 +145,7 @@ class FedAvg(AggregationRule):
     def aggregate_factored(self, updates: Sequence[FactoredUpdate], *, weights: Tensor) -> Tensor:
         """Return :func:`fedavg_factored` of ``updates``."""
         return fedavg_factored(updates, weights=weights)
+
+    def aggregate_factored_many(self, jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequence[Tensor]) -> Tensor:
+        """Return :func:`fedavg_factored_many` of the jobs' updates."""
+        return fedavg_factored_many(jobs, weights)

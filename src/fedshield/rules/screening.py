@@ -129,24 +129,28 @@ def _passes_by_bound(
     return math.isfinite(largest) and math.sqrt(num_params) * largest * (1 + 1e-6) <= max_norm
 
 
-def _factored_passes_by_bound(
-    update: FactoredUpdate, *, num_params: int, dtype: torch.dtype, device: torch.device, max_norm: float
+def factored_layout_matches(
+    update: FactoredUpdate, *, num_params: int, dtype: torch.dtype, device: torch.device
 ) -> bool:
-    """True if the dense form of ``update`` certainly passes screening unchanged, decided from
-    its factors (:meth:`~fedshield.task.updates.FactoredUpdate.norm_bound`) without forming it.
+    """Whether every factor of ``update`` has the working dtype and device and the whole has
+    ``num_params`` elements (else it is multiplied out and screened as a dense update)."""
+    return update.shape == (num_params,) and all(
+        t.dtype == dtype and t.device == device for t in (update.left, update.right, update.tail)
+    )
 
-    Factors finite and the bound ``B`` with ``B (1 + 1e-6 + 2 m eps) <= max_norm`` (the margin
-    covers the float product's rounding, at most ``m eps`` relative per entry, and the float64
-    norm's) mean :func:`_screen_one` keeps the dense update; ``B <= 1e30`` keeps every entry of
-    the product (and its partial sums, each at most ``B``) finite in float32. Anything else is
-    multiplied out and takes the full path, so the decision is the same.
+
+def factored_bound_passes(bound: float, *, samples: int, dtype: torch.dtype, max_norm: float) -> bool:
+    """True if a factored update with norm bound ``bound``
+    (:meth:`~fedshield.task.updates.FactoredUpdate.norm_bound`) over ``samples`` samples
+    certainly passes screening unchanged, without forming it.
+
+    ``B`` finite with ``B (1 + 1e-6 + 2 m eps) <= max_norm`` (the margin covers the float
+    product's rounding, at most ``m eps`` relative per entry, and the float64 norm's) means
+    :func:`_screen_one` keeps the dense update; ``B <= 1e30`` keeps every entry of the product
+    (and its partial sums, each at most ``B``) finite in float32. A NaN or inf in a factor makes
+    ``B`` NaN or inf. Anything else is multiplied out and takes the full path, so the decision
+    is the same.
     """
-    if not (update.dtype == dtype and update.device == device and update.shape == (num_params,)):
-        return False
-    if not all(t.dtype == dtype and t.device == device for t in (update.left, update.right)):
-        return False
-    bound = update.norm_bound()
-    samples = update.left.shape[1]
     margin = 1 + 1e-6 + 2 * samples * torch.finfo(dtype).eps
     return math.isfinite(bound) and bound <= 1e30 and bound * margin <= max_norm
 
@@ -202,7 +206,11 @@ def screen_updates(
     kept: list[Tensor | FactoredUpdate] = []
     for identifier, update in zip(identifiers, updates, strict=True):
         if isinstance(update, FactoredUpdate):
-            if _factored_passes_by_bound(update, num_params=num_params, dtype=dtype, device=device, max_norm=max_norm):
+            if factored_layout_matches(
+                update, num_params=num_params, dtype=dtype, device=device
+            ) and factored_bound_passes(
+                update.norm_bound(), samples=update.left.shape[1], dtype=dtype, max_norm=max_norm
+            ):
                 kept.append(update)
                 kept_ids.append(identifier)
                 continue

@@ -27,10 +27,17 @@ from fedshield.experiment import Experiment
 from fedshield.models.params import get_flat_params
 from fedshield.rules import AggregationRule
 from fedshield.server.evaluation import evaluate_params, evaluate_with_predictions
-from fedshield.server.rounds import aggregate_round, sample_clients, sample_with_attackers, server_reference_update
+from fedshield.server.rounds import (
+    RoundOutcome,
+    aggregate_factored_rounds,
+    aggregate_round,
+    sample_clients,
+    sample_with_attackers,
+    server_reference_update,
+)
 from fedshield.task.jobs import JobSpec
 from fedshield.task.messages import ClientReply, CraftRequest, ReplyKey, TrainRequest
-from fedshield.task.updates import dense_update
+from fedshield.task.updates import FactoredUpdate, dense_update
 
 Replies = dict[ReplyKey, ClientReply | None]
 
@@ -125,25 +132,28 @@ def finish_job_round(
     server_round: int,
     *,
     started: float,
+    outcome: RoundOutcome | None = None,
 ) -> None:
-    """Aggregate one job's replies into its new model and append the round's record."""
+    """Aggregate one job's replies into its new model (unless ``outcome``, from
+    :func:`aggregate_factored_rounds`, already did) and append the round's record."""
     job_replies = {uid: replies.get((state.job.job_id, uid)) for uid in sampled}
     # A client that vanished (no reply) is left out, exactly as if it had not been sampled.
     arrived = {uid: reply for uid, reply in job_replies.items() if reply is not None}
-    server_update = (
-        server_reference_update(experiment, state.job, server_round, state.params)
-        if state.rule.requires_server_update
-        else None
-    )
-    outcome = aggregate_round(
-        state.rule,
-        state.params,
-        {uid: reply.update for uid, reply in arrived.items()},
-        {uid: reply.num_examples for uid, reply in arrived.items()},
-        max_update_norm=experiment.settings.max_update_norm,
-        server_update=server_update,
-        server_learning_rate=experiment.settings.server_learning_rate,
-    )
+    if outcome is None:
+        server_update = (
+            server_reference_update(experiment, state.job, server_round, state.params)
+            if state.rule.requires_server_update
+            else None
+        )
+        outcome = aggregate_round(
+            state.rule,
+            state.params,
+            {uid: reply.update for uid, reply in arrived.items()},
+            {uid: reply.num_examples for uid, reply in arrived.items()},
+            max_update_norm=experiment.settings.max_update_norm,
+            server_update=server_update,
+            server_learning_rate=experiment.settings.server_learning_rate,
+        )
     state.params = experiment.ensemble.postprocess_round(
         outcome.params, job_seed=state.job.seed, server_round=server_round
     )
@@ -176,8 +186,30 @@ def run_round(experiment: Experiment, states: list[JobState], server_round: int,
     crafting = craft_requests(experiment, states, sampled, replies, server_round)
     if crafting:
         replies.update(transport.craft(crafting))
-    for s in states:
-        finish_job_round(experiment, s, sampled[s.job.job_id], replies, server_round, started=started)
+    outcomes = _factored_outcomes(experiment, states, sampled, replies)
+    for s, outcome in zip(states, outcomes, strict=True):
+        finish_job_round(experiment, s, sampled[s.job.job_id], replies, server_round, started=started, outcome=outcome)
+
+
+def _factored_outcomes(
+    experiment: Experiment, states: list[JobState], sampled: Mapping[int, tuple[int, ...]], replies: Replies
+) -> list[RoundOutcome | None]:
+    """The round's outcome of every job :func:`aggregate_factored_rounds` can aggregate at once
+    (only engine=local's batched clients send factored updates; the others get None)."""
+    if not any(reply is not None and isinstance(reply.update, FactoredUpdate) for reply in replies.values()):
+        return [None] * len(states)
+    arrived = [
+        {uid: reply for uid in sampled[s.job.job_id] if (reply := replies.get((s.job.job_id, uid))) is not None}
+        for s in states
+    ]
+    return aggregate_factored_rounds(
+        [s.rule for s in states],
+        [s.params for s in states],
+        [{uid: reply.update for uid, reply in job.items()} for job in arrived],
+        [{uid: reply.num_examples for uid, reply in job.items()} for job in arrived],
+        max_update_norm=experiment.settings.max_update_norm,
+        server_learning_rate=experiment.settings.server_learning_rate,
+    )
 
 
 def run_jobs(

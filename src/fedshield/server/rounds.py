@@ -7,7 +7,7 @@ replies arrive is erased by sorting them by user ID before anything else happens
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +16,11 @@ import torch
 from fedshield.experiment import Experiment
 from fedshield.models.params import get_flat_params, set_flat_params
 from fedshield.rules import AggregationRule, aggregate_screened, screen_updates
+from fedshield.rules.screening import factored_bound_passes, factored_layout_matches
 from fedshield.task.determinism import derive_seed, torch_generator
 from fedshield.task.jobs import JobSpec
 from fedshield.task.training import local_train
+from fedshield.task.updates import FactoredUpdate, norm_bound
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +108,66 @@ def aggregate_round(
     # eta = 1 adds the aggregate as is (bit-identical to runs before eta existed).
     step = aggregate if server_learning_rate == 1.0 else server_learning_rate * aggregate
     return RoundOutcome(global_params + step, len(client_ids), screened.rejected, None)
+
+
+def aggregate_factored_rounds(
+    rules: Sequence[AggregationRule],
+    global_params: Sequence[torch.Tensor],
+    replies: Sequence[Mapping[int, object]],
+    num_examples: Sequence[Mapping[int, int]],
+    *,
+    max_update_norm: float,
+    server_learning_rate: float = 1.0,
+) -> list[RoundOutcome | None]:
+    """:func:`aggregate_round` for many jobs at once where that is certain to keep every reply:
+    the job's rule averages factored updates (FedAvg), every reply is a
+    :class:`~fedshield.task.updates.FactoredUpdate` of the job's layout, and screening keeps each
+    by its norm bound (:func:`~fedshield.rules.screening.factored_bound_passes`, the norms of
+    all factors of all jobs in one call). Those jobs' means come from one batched product
+    (:meth:`~fedshield.rules.AggregationRule.aggregate_factored_many`); every other job gets
+    None and takes :func:`aggregate_round`. No finiteness check is needed: every entry of every
+    kept update is at most its bound (<= 1e30) in magnitude, and so is a weighted mean of them.
+    """
+    outcomes: list[RoundOutcome | None] = [None] * len(rules)
+    candidates: list[tuple[int, list[int], list[FactoredUpdate]]] = []
+    factors: list[torch.Tensor] = []
+    for job, (rule, params, job_replies) in enumerate(zip(rules, global_params, replies, strict=True)):
+        client_ids = sorted(job_replies)
+        sent = [job_replies[uid] for uid in client_ids]
+        if not (rule.accepts_factored and type(rule) is type(rules[0]) and len(sent) >= rule.min_clients()):
+            continue
+        factored = [u for u in sent if isinstance(u, FactoredUpdate)]
+        if len(factored) < len(sent) or not all(
+            factored_layout_matches(u, num_params=params.numel(), dtype=params.dtype, device=params.device)
+            for u in factored
+        ):
+            continue
+        candidates.append((job, client_ids, factored))
+        factors += [t for u in factored for t in (u.left, u.right, u.tail)]
+    if not candidates:
+        return outcomes
+    norms = torch.stack(torch._foreach_norm(factors, 2, dtype=torch.float64)).tolist()
+    kept: list[tuple[int, list[int], list[FactoredUpdate]]] = []
+    position = 0
+    for job, client_ids, updates in candidates:
+        bounds = [norm_bound(*norms[position + 3 * i : position + 3 * i + 3]) for i in range(len(updates))]
+        position += 3 * len(updates)
+        dtype = global_params[job].dtype
+        if all(
+            factored_bound_passes(bound, samples=u.left.shape[1], dtype=dtype, max_norm=max_update_norm)
+            for bound, u in zip(bounds, updates, strict=True)
+        ):
+            kept.append((job, client_ids, updates))
+    if not kept:
+        return outcomes
+    weights = [
+        torch.tensor([float(num_examples[job][uid]) for uid in client_ids], dtype=torch.float64)
+        for job, client_ids, _ in kept
+    ]
+    means = rules[kept[0][0]].aggregate_factored_many([updates for _, _, updates in kept], weights)
+    # eta = 1 adds the aggregate as is, as aggregate_round does.
+    steps = means if server_learning_rate == 1.0 else server_learning_rate * means
+    for row, (job, client_ids, _) in enumerate(kept):
+        # Its own tensor, not a row of a (jobs, P) block: a job's parameters are saved alone.
+        outcomes[job] = RoundOutcome(global_params[job] + steps[row], len(client_ids), (), None)
+    return outcomes

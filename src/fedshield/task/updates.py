@@ -70,9 +70,15 @@ class FactoredUpdate:
         leave as a margin (:func:`fedshield.rules.screening.screen_updates`). NaN or inf if a
         factor holds one.
         """
-        norms = [float(torch.linalg.vector_norm(t.to(torch.float64))) for t in (self.left, self.right, self.tail)]
-        left, right, tail = norms
-        return math.sqrt((left * right) ** 2 + tail**2)
+        left, right, tail = (
+            float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in (self.left, self.right, self.tail)
+        )
+        return norm_bound(left, right, tail)
+
+
+def norm_bound(left: float, right: float, tail: float) -> float:
+    """:meth:`FactoredUpdate.norm_bound` from the three factors' L2 norms."""
+    return math.sqrt((left * right) ** 2 + tail**2)
 
 
 def dense_update(update: Tensor | FactoredUpdate) -> Tensor:
