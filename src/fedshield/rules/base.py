@@ -170,8 +170,15 @@ class AggregationRule(ABC):
         """Aggregate factored updates without multiplying them out (rules with ``accepts_factored``)."""
         raise NotImplementedError(f"{self.name} takes dense updates only")
 
-    def aggregate_factored_many(self, jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequence[Tensor]) -> Tensor:
-        """:meth:`aggregate_factored` of many jobs' updates at once, one row per job."""
+    def step_factored_many(
+        self,
+        jobs: Sequence[Sequence[FactoredUpdate]],
+        weights: Sequence[Tensor],
+        start: Sequence[Tensor],
+        *,
+        scale: float = 1.0,
+    ) -> list[Tensor]:
+        """Each job's ``start + scale * aggregate_factored(updates)``, many jobs at once."""
         raise NotImplementedError(f"{self.name} takes dense updates only")
 
     def __call__(

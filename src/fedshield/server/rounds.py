@@ -123,10 +123,11 @@ def aggregate_factored_rounds(
     the job's rule averages factored updates (FedAvg), every reply is a
     :class:`~fedshield.task.updates.FactoredUpdate` of the job's layout, and screening keeps each
     by its norm bound (:func:`~fedshield.rules.screening.factored_bound_passes`, the norms of
-    all factors of all jobs in one call). Those jobs' means come from one batched product
-    (:meth:`~fedshield.rules.AggregationRule.aggregate_factored_many`); every other job gets
-    None and takes :func:`aggregate_round`. No finiteness check is needed: every entry of every
-    kept update is at most its bound (<= 1e30) in magnitude, and so is a weighted mean of them.
+    all factors of all jobs in one call). Those jobs step together
+    (:meth:`~fedshield.rules.AggregationRule.step_factored_many`: the factors of all jobs
+    stacked once, then one ``addmm`` per job from its parameters); every other job gets None and
+    takes :func:`aggregate_round`. The mean needs no finiteness check: every entry of every kept
+    update is at most its bound (<= 1e30) in magnitude, and so is a weighted mean of them.
     """
     outcomes: list[RoundOutcome | None] = [None] * len(rules)
     candidates: list[tuple[int, list[int], list[FactoredUpdate]]] = []
@@ -164,10 +165,14 @@ def aggregate_factored_rounds(
         torch.tensor([float(num_examples[job][uid]) for uid in client_ids], dtype=torch.float64)
         for job, client_ids, _ in kept
     ]
-    means = rules[kept[0][0]].aggregate_factored_many([updates for _, _, updates in kept], weights)
-    # eta = 1 adds the aggregate as is, as aggregate_round does.
-    steps = means if server_learning_rate == 1.0 else server_learning_rate * means
-    for row, (job, client_ids, _) in enumerate(kept):
-        # Its own tensor, not a row of a (jobs, P) block: a job's parameters are saved alone.
-        outcomes[job] = RoundOutcome(global_params[job] + steps[row], len(client_ids), (), None)
+    # One addmm per job from its parameters: the same step as aggregate_round's
+    # params + eta * mean, up to the product's rounding, each job's parameters their own tensor.
+    stepped = rules[kept[0][0]].step_factored_many(
+        [updates for _, _, updates in kept],
+        weights,
+        [global_params[job] for job, _, _ in kept],
+        scale=server_learning_rate,
+    )
+    for params, (job, client_ids, _) in zip(stepped, kept, strict=True):
+        outcomes[job] = RoundOutcome(params, len(client_ids), (), None)
     return outcomes
