@@ -22,8 +22,8 @@ keeps its first layer in factored form, ``W_t = W_0 - lr A_t^T X`` over its own 
 carries the first layer's update ``-lr A^T X`` as its two factors
 (:class:`~fedshield.task.updates.FactoredUpdate`), which screening bounds and FedAvg averages
 without multiplying out each client's. :func:`defers_first_layer` takes that path where it
-counts fewer multiply-adds than the direct one (bench/README.md: 1.8x faster end to end than the
-direct batched path at n = 1,000).
+counts fewer multiply-adds than the direct one (bench/README.md: at n = 1,000 the run takes half
+the time of the direct batched path).
 
 Each client draws its batches with its own generator, by the same :func:`batch_indices` calls as
 :func:`~fedshield.task.training.local_train`, and sees only its own samples (a chunk's batches

@@ -88,7 +88,9 @@ def fedavg_factored_many(jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequ
     """:func:`fedavg_factored` of each job's updates, one row each: ``(num_jobs, num_params)``."""
     stacked = _StackedFactors.of(jobs, weights)
     rows, columns = stacked.first_shape
-    mean = torch.empty(len(jobs), rows * columns + stacked.tails.shape[1], dtype=stacked.dtype, device=stacked.device)
+    mean = torch.empty(
+        len(jobs), rows * columns + stacked.tails.shape[1], dtype=stacked.left.dtype, device=stacked.left.device
+    )
     for job, (start, end) in enumerate(stacked.ranges):
         torch.mm(
             stacked.left[:, start:end], stacked.right[start:end], out=mean[job, : rows * columns].view(rows, columns)
@@ -135,14 +137,6 @@ class _StackedFactors:
     @property
     def first_shape(self) -> tuple[int, int]:
         return self.left.shape[0], self.right.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.left.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.left.device
 
     @classmethod
     def of(cls, jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequence[Tensor]) -> _StackedFactors:
