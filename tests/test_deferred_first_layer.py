@@ -157,3 +157,32 @@ def test_groups_of_small_clients_match_the_per_client_path_and_repeat_bit_for_bi
         assert float((reference.predictions == other.predictions).float().mean()) >= 0.995
         assert [r["rejected"] for r in other.history] == [0, 0, 0]
         assert torch.equal(other.params, repeat.params) and torch.equal(other.predictions, repeat.predictions)
+
+
+@pytest.mark.slow
+def test_flcert_p_groups_sharing_clients_each_train_from_their_own_model(tmp_path, monkeypatch):
+    # Prepare: FLCert-P, 8 groups of 40 of the 300 small clients: most clients are in several
+    # groups of the same round, each with that group's model.
+    configure_torch(threads=1)
+    cfg = tiny_config(
+        tmp_path,
+        *SMALL_CLIENTS,
+        *MODELS["mlp"],
+        "ensemble=flcert_p",
+        "ensemble.num_groups=8",
+        "ensemble.group_size=40",
+        "num_rounds=2",
+    )
+    experiment = build_experiment(cfg)
+    memberships = [uid for job in experiment.jobs for uid in job.client_ids]
+    assert len(memberships) > len(set(memberships))
+    deferred = _deferred_user_ids(monkeypatch)
+
+    # Execute
+    per_client = run_jobs(experiment, list(experiment.jobs), InProcessTransport(experiment))
+    batched = run_jobs(experiment, list(experiment.jobs), new_transport(experiment, "auto"))
+
+    # Assert
+    assert len(deferred) > len(set(deferred))  # shared clients trained once per group on the deferred path
+    for reference, other in zip(per_client, batched, strict=True):
+        assert _relative_error(reference.params, other.params) < RELATIVE_ERROR["mlp"]
