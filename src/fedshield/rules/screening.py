@@ -6,7 +6,10 @@ Policy
    update is not a 1-D tensor or array of exactly ``num_params`` elements, has a non-floating
    dtype, contains NaN or inf (before or after conversion to the working dtype), or has an L2
    norm above ``max_norm`` (computed in float64, so 1e30 entries do not overflow silently) is
-   dropped, and a WARNING naming the client id and the reason is logged.
+   dropped, and a WARNING naming the client id and the reason is logged. A
+   :class:`~fedshield.task.updates.FactoredUpdate` (engine=local's batched clients) is judged
+   as its dense form: it stays factored only when its norm bound already decides that the dense
+   form passes (:func:`factored_bound_passes`); otherwise it is multiplied out first.
 2. **Count.** :class:`ScreenResult` records every rejection as ``(client_id, reason)``; the
    round's metrics report how many replies were rejected.
 3. **Keep the model when too few remain.** If fewer replies survive than the rule's
