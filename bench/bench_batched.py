@@ -104,7 +104,6 @@ def batched_flops(experiment) -> int:
     stack = linear_stack(experiment.new_model())
     assert stack is not None
     training = experiment.training
-    plain = training.momentum == 0 and training.weight_decay == 0
     (out, inp, _), later = stack.layers[0], stack.layers[1:]
     later_per_sample = sum(2 * o * i * 3 for o, i, _ in later)
     total = 0
@@ -114,7 +113,9 @@ def batched_flops(experiment) -> int:
                 m = experiment.num_examples(uid)
                 batch = min(training.batch_size, m)
                 samples = training.local_steps * batch
-                if plain and defers_first_layer(stack, local_steps=training.local_steps, batch=batch, count=m):
+                if training.plain_sgd and defers_first_layer(
+                    stack, local_steps=training.local_steps, batch=batch, count=m
+                ):
                     first = 2 * (2 * m * out * inp + m * m * inp + 2 * samples * m * out)
                 else:
                     first = samples * 2 * out * inp * 2

@@ -28,7 +28,8 @@ the time of the direct batched path).
 Each client draws its batches with its own generator, by the same :func:`batch_indices` calls as
 :func:`~fedshield.task.training.local_train`, and sees only its own samples (a chunk's batches
 of every step are one index into the call's pooled client samples); clients are chunked
-by their effective batch size ``min(batch_size, n_i)`` so that no padding is needed. The result
+by their effective batch size ``min(batch_size, n_i)`` so that no padding is needed (the deferred
+path pads instead, with exact zeros, to mix client sizes in a chunk). The result
 equals the per-client path up to float reassociation (the tolerance is stated and tested in
 tests/test_batched_clients.py). The chunk composition is a pure function of the round's
 requests and the chunk size a pure function of the model, so a batched run is bit-identical to
@@ -37,7 +38,6 @@ itself.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,15 +100,14 @@ def train_clients_batched(
 ) -> list[ClientReply]:
     """Honest local training of every request (plain SGD, no attack, no hardening), in order.
 
-    Clients that :func:`defers_first_layer` picks train in chunks of ``chunk_size`` in order of
-    sample count (:func:`_train_chunk_deferred`, padded to the chunk's largest client); the
+    Clients that :func:`defers_first_layer` picks train :data:`DEFERRED_CHUNK` at a time in order
+    of sample count (:func:`_train_chunk_deferred`, padded to the chunk's largest client); the
     others are grouped by effective batch size and train ``chunk_size`` at a time
     (:func:`_train_chunk`).
     """
     if not requests:  # every job of the round has an active attacker: all go client by client
         return []
     training = experiment.training
-    plain = training.momentum == 0 and training.weight_decay == 0
     deferred: list[tuple[int, int]] = []  # (sample count, position)
     direct: dict[int, list[int]] = {}  # effective batch size -> positions
     for position, request in enumerate(requests):
@@ -116,28 +115,31 @@ def train_clients_batched(
         if count == 0:
             raise ValueError("a client with no samples cannot train")
         effective = min(training.batch_size, count)
-        if plain and defers_first_layer(stack, local_steps=training.local_steps, batch=effective, count=count):
+        if training.plain_sgd and defers_first_layer(
+            stack, local_steps=training.local_steps, batch=effective, count=count
+        ):
             deferred.append((count, position))
         else:
             direct.setdefault(effective, []).append(position)
     pool = _ClientPool(experiment, [request.user_id for request in requests])
     replies: list[ClientReply | None] = [None] * len(requests)
-    chunks = [
-        (_train_chunk, positions[i : i + chunk_size])
-        for positions in direct.values()
-        for i in range(0, len(positions), chunk_size)
-    ]
-    by_count = [position for _, position in sorted(deferred)]
-    projected = _FirstLayerOutputs(experiment, pool, requests, sorted(p for _, p in deferred), stack)
-    chunks += [
-        (functools.partial(_train_chunk_deferred, projected=projected), by_count[i : i + DEFERRED_CHUNK])
-        for i in range(0, len(by_count), DEFERRED_CHUNK)
-    ]
-    for train, chunk in chunks:
-        for position, reply in zip(
-            chunk, train(experiment, pool, [requests[p] for p in chunk], stack, positions=chunk), strict=True
-        ):
+
+    def keep(chunk: list[int], trained: list[ClientReply]) -> None:
+        for position, reply in zip(chunk, trained, strict=True):
             replies[position] = reply
+
+    for positions in direct.values():
+        for i in range(0, len(positions), chunk_size):
+            chunk = positions[i : i + chunk_size]
+            keep(chunk, _train_chunk(experiment, pool, [requests[p] for p in chunk], stack))
+    projected = _FirstLayerOutputs(experiment, pool, requests, sorted(p for _, p in deferred), stack)
+    by_count = [position for _, position in sorted(deferred)]
+    for i in range(0, len(by_count), DEFERRED_CHUNK):
+        chunk = by_count[i : i + DEFERRED_CHUNK]
+        trained = _train_chunk_deferred(
+            experiment, pool, [requests[p] for p in chunk], stack, positions=chunk, projected=projected
+        )
+        keep(chunk, trained)
     return [reply for reply in replies if reply is not None]
 
 
@@ -261,12 +263,7 @@ class _FirstLayerOutputs:
 
 
 def _train_chunk(
-    experiment: Experiment,
-    pool: _ClientPool,
-    requests: list[TrainRequest],
-    stack: LinearStack,
-    *,
-    positions: Sequence[int] = (),
+    experiment: Experiment, pool: _ClientPool, requests: list[TrainRequest], stack: LinearStack
 ) -> list[ClientReply]:
     config = experiment.training
     xs, ys = pool.batches(requests, config)
@@ -276,12 +273,11 @@ def _train_chunk(
         device=experiment.device, dtype=experiment.dtype
     )
     weights, biases = _layer_views(flat, stack)
-    fused = config.momentum == 0 and config.weight_decay == 0
     params = [t for pair in zip(weights, biases, strict=True) for t in pair if t is not None]
     buffers: list[torch.Tensor | None] = [None] * len(params)
     total_loss = torch.zeros(len(requests), dtype=torch.float64, device=flat.device)
     for step in range(config.local_steps):
-        if fused:
+        if config.plain_sgd:
             step_losses = _plain_sgd_step(weights, biases, xs[step], ys[step], config.learning_rate)
         else:
             step_losses, grads = _loss_and_grads(weights, biases, xs[step], ys[step])
@@ -365,11 +361,8 @@ def _train_chunk_deferred(
             inputs, logits = _forward(later_weights, later_biases, torch.relu(z))
         else:
             inputs, logits = [], z
-        log_probs = torch.log_softmax(logits, dim=2)
-        total_loss -= (log_probs.gather(2, labels[step].unsqueeze(2)) * weight).sum(dim=(1, 2))
-        g = log_probs.exp_()
-        g.scatter_add_(2, labels[step].unsqueeze(2), torch.full_like(g[:, :, :1], -1))
-        g *= weight
+        step_losses, g = _loss_and_output_gradient(logits, labels[step], weight=weight)
+        total_loss += step_losses
         g = _backward_plain_sgd(later_weights, later_biases, inputs, g, lr, below_first=True)
         if first_bias is not None:
             first_bias.sub_(g.sum(dim=1), alpha=lr)
@@ -389,14 +382,22 @@ def _train_chunk_deferred(
     ]
 
 
-def _loss_and_output_gradient(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_and_output_gradient(
+    logits: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-client mean cross-entropy ``(C,)`` and its gradient at the logits, ``(softmax - onehot) / B``
-    (loss and gradient share one ``log_softmax``)."""
+    (loss and gradient share one ``log_softmax``). With ``weight`` ``(C, B, 1)``, entry b of client
+    c counts ``weight[c, b]`` instead of ``1 / B`` (``1 / B_c`` on a padded chunk's real entries,
+    0 on its padding)."""
     log_probs = torch.log_softmax(logits, dim=2)
-    losses = -log_probs.gather(2, y.unsqueeze(2)).squeeze(2).mean(dim=1)
+    picked = log_probs.gather(2, y.unsqueeze(2))
+    losses = -picked.squeeze(2).mean(dim=1) if weight is None else -(picked * weight).sum(dim=(1, 2))
     g = log_probs.exp_()
     g.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=g.dtype).unsqueeze(2))
-    g /= logits.shape[1]
+    if weight is None:
+        g /= logits.shape[1]
+    else:
+        g *= weight
     return losses, g
 
 

@@ -114,7 +114,7 @@ def client_training(experiment: Experiment, batch_clients: bool | str) -> dict:
         return {"path": "per-client", "chunk_size": None, "reason": "a defense hardens the clients' training"}
     reason = "plain SGD over stacked per-client weights"
     training = experiment.training
-    deferred = training.momentum == 0 and training.weight_decay == 0
+    deferred = training.plain_sgd
     if deferred:
         reason += "; first layer in factored form for clients with few samples"
     if experiment.malicious_ids:

@@ -72,7 +72,7 @@ def fedavg_factored(updates: Sequence[FactoredUpdate], *, weights: Tensor) -> Te
     updates' dtype (the clients together, written once: a float64 product and its conversion
     cost more than the dense mean here). Equal to :func:`fedavg` of the dense updates up to
     float rounding, at most about ``(sum m_i) eps`` relative to the sum of the magnitudes of an
-    entry's terms (exact in real arithmetic). :func:`fedavg_factored_many` for many jobs.
+    entry's terms (exact in real arithmetic). :func:`fedavg_factored_steps` for many jobs.
 
     Raises
     ------
@@ -81,21 +81,11 @@ def fedavg_factored(updates: Sequence[FactoredUpdate], *, weights: Tensor) -> Te
     AggregationError
         If the weights are malformed or the updates' layouts differ.
     """
-    return fedavg_factored_many([updates], [weights])[0]
-
-
-def fedavg_factored_many(jobs: Sequence[Sequence[FactoredUpdate]], weights: Sequence[Tensor]) -> Tensor:
-    """:func:`fedavg_factored` of each job's updates, one row each: ``(num_jobs, num_params)``."""
-    stacked = _StackedFactors.of(jobs, weights)
+    stacked = _StackedFactors.of([updates], [weights])
     rows, columns = stacked.first_shape
-    mean = torch.empty(
-        len(jobs), rows * columns + stacked.tails.shape[1], dtype=stacked.left.dtype, device=stacked.left.device
-    )
-    for job, (start, end) in enumerate(stacked.ranges):
-        torch.mm(
-            stacked.left[:, start:end], stacked.right[start:end], out=mean[job, : rows * columns].view(rows, columns)
-        )
-    mean[:, rows * columns :] = stacked.tails
+    mean = torch.empty(rows * columns + stacked.tails.shape[1], dtype=stacked.left.dtype, device=stacked.left.device)
+    torch.mm(stacked.left, stacked.right, out=mean[: rows * columns].view(rows, columns))
+    mean[rows * columns :] = stacked.tails[0]
     return mean
 
 

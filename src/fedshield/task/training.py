@@ -46,6 +46,11 @@ class LocalTrainingConfig:
         if not self.learning_rate > 0:
             raise ValueError(f"client.learning_rate must be > 0; got {self.learning_rate}")
 
+    @property
+    def plain_sgd(self) -> bool:
+        """No momentum and no weight decay: each step is ``p -= lr * grad`` alone."""
+        return self.momentum == 0 and self.weight_decay == 0
+
 
 def batch_indices(
     num_samples: int, *, batch_size: int, num_batches: int, generator: torch.Generator
